@@ -1,0 +1,126 @@
+"""Rendering of reports: aligned text tables, Markdown, CSV and JSON.
+
+Every report of the tool is a list of columns and rows of plain values;
+this module turns them into the four output formats, so the stages never
+format text themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+__all__ = ["Column", "human", "render", "FORMATS", "dumps_json", "info_columns"]
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def human(n: float | int | None, digits: int = 3) -> str:
+    """Paper-style magnitude: 34848 -> '34.8K', 105415200 -> '105M', 0 -> '0'."""
+    if n is None:
+        return "?"
+    if n == 0:
+        return "0"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            v = n / scale
+            text = f"{v:.{max(digits - len(str(int(abs(v)))), 0)}f}"
+            return text + unit
+    return str(int(n)) if float(n).is_integer() else f"{n:.3g}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A report column: header, how to get the raw value, how to show it in text."""
+
+    header: str
+    key: str
+    text: Callable = str
+    align: str = "<"
+
+
+def _cell(col: Column, row: dict) -> str:
+    value = row.get(col.key)
+    return col.text(value)
+
+
+def render(columns: Sequence[Column], rows: Sequence[dict], fmt: str, footer: dict | None = None,
+           payload: dict | None = None) -> str:
+    """Render rows (dicts) in ``fmt``: table, markdown, csv, or json (``payload`` as is)."""
+    if fmt == "json":
+        return dumps_json(payload if payload is not None else {"rows": list(rows)})
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([c.key for c in columns])
+        for row in list(rows) + ([footer] if footer else []):
+            writer.writerow([_csv_value(row.get(c.key)) for c in columns])
+        return buf.getvalue()
+    cells = [[_cell(c, r) for c in columns] for r in rows]
+    foot = [_cell(c, footer) if c.key in footer else "" for c in columns] if footer else None
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(c.header for c in columns) + " |",
+                 "|" + "|".join(("---:" if c.align == ">" else "---") for c in columns) + "|"]
+        for r in cells + ([foot] if foot else []):
+            lines.append("| " + " | ".join(v.replace("|", "\\|") for v in r) + " |")
+        return "\n".join(lines) + "\n"
+    if fmt == "table":
+        widths = [max([len(c.header)] + [len(r[i]) for r in cells + ([foot] if foot else [])])
+                  for i, c in enumerate(columns)]
+
+        def line(values):
+            return "  ".join(f"{v:{c.align}{w}}" for v, c, w in zip(values, columns, widths)).rstrip()
+
+        out = [line([c.header for c in columns]), line(["-" * w for w in widths])]
+        out += [line(r) for r in cells]
+        if foot:
+            out += [line(["-" * w for w in widths]), line(foot)]
+        return "\n".join(out) + "\n"
+    raise ValueError(f"The 'format' parameter of render must be one of {FORMATS}. Got {fmt!r} instead.")
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(x) for x in v)
+    return v
+
+
+def dumps_json(obj) -> str:
+    """JSON with a stable layout (2-space indent, keys in insertion order, newline at end)."""
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def _dims(v) -> str:
+    return "x".join(str(d) for d in v) if v else ""
+
+
+def _shape_hw(v) -> str:
+    if not v:
+        return "?" if v is None else ""
+    return "x".join(str(d) for d in v[2:]) if len(v) > 2 else _dims(v[1:])
+
+
+def _opt(v) -> str:
+    return "" if v is None else str(v)
+
+
+def _num(v) -> str:
+    return "" if not v else human(v)
+
+
+def info_columns() -> list[Column]:
+    """Columns of the ``info`` report."""
+    return [
+        Column("layer", "name"), Column("type", "type"),
+        Column("S", "in_channels", _opt, ">"), Column("T", "out_channels", _opt, ">"),
+        Column("kernel", "kernel", _dims), Column("stride", "stride", _dims),
+        Column("pad", "pad", _dims), Column("group", "group", _opt, ">"),
+        Column("output", "output_shape", _shape_hw, ">"),
+        Column("weights", "weights", _num, ">"), Column("bias", "bias", _num, ">"),
+        Column("FLOPs", "flops", _num, ">"),
+    ]

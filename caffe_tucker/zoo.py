@@ -1,0 +1,122 @@
+"""The Caffe model zoo nets of the paper: metadata, deploy files, and fetching weights.
+
+Each zoo model is a folder of ``zoo_models/`` holding ``deploy.prototxt`` and
+``model.json`` (download URL and SHA1 of the weights, preprocessing, the
+paper's fine-tuning batch size, which layers the paper compresses and how,
+and the paper's printed numbers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import CaffeTuckerError, InputFileError, OutputExistsError
+from .progress import Progress
+
+__all__ = ["zoo_dir", "zoo_names", "zoo_model", "cache_dir", "fetch", "sha1_of"]
+
+
+def zoo_dir() -> Path:
+    """The zoo folder: ``$CAFFE_TUCKER_ZOO``, the source checkout's, or the installed copy."""
+    env = os.environ.get("CAFFE_TUCKER_ZOO")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "zoo_models", here / "zoo_models"):
+        if candidate.is_dir():
+            return candidate
+    raise InputFileError("the zoo_models folder is missing from this installation; hint: set "
+                         "CAFFE_TUCKER_ZOO to a checkout's zoo_models/")
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.parent.name for p in zoo_dir().glob("*/model.json"))
+
+
+def zoo_model(name: str) -> dict:
+    """The metadata of zoo model ``name`` with ``dir`` and ``deploy_path`` added."""
+    path = zoo_dir() / name / "model.json"
+    if not path.is_file():
+        raise InputFileError(f"unknown zoo model '{name}'; known: {', '.join(zoo_names())}")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["dir"] = str(path.parent)
+    meta["deploy_path"] = str(path.parent / meta.get("deploy", "deploy.prototxt"))
+    return meta
+
+
+def cache_dir() -> Path:
+    """Where fetched weights go: ``$CAFFE_TUCKER_CACHE`` or ``~/.cache/caffe_tucker``."""
+    env = os.environ.get("CAFFE_TUCKER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "caffe_tucker"
+
+
+def sha1_of(path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(name: str, dest=None, url: str | None = None, force: bool = False) -> Path:
+    """Download zoo model ``name``'s weights, verify the SHA1, save atomically.
+
+    A file already at ``dest`` with the right checksum is kept as it is.  A
+    download whose checksum differs from the published one is refused and
+    deleted; so is an existing file with the wrong checksum, unless ``force``
+    lets it be replaced by a fresh download.
+
+    Returns
+    -------
+    Path
+        Where the verified weights are.
+    """
+    meta = zoo_model(name)
+    weights = meta["weights"]
+    expected = (weights.get("sha1") or "").lower() or None
+    target = Path(dest) if dest else cache_dir() / name / weights["filename"]
+    if target.is_dir():
+        target = target / weights["filename"]
+    if target.exists():
+        if expected and sha1_of(target) == expected:
+            return target
+        if not force:
+            raise OutputExistsError(
+                f"{target}: already exists and its SHA1 is not the published {expected or '(none published)'}; "
+                "hint: pass --force to download it again")
+    source = url or weights["url"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    h = hashlib.sha1()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(source, timeout=60)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise CaffeTuckerError(f"{source}: download failed ({exc}); hint: check the network "
+                                       "or pass --url with a mirror or a local file:// path") from None
+            with response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length else weights.get("bytes")
+                with Progress(total, f"fetch {name}", unit="B") as bar:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        h.update(chunk)
+                        bar.update(len(chunk))
+        got = h.hexdigest()
+        if expected and got != expected:
+            raise CaffeTuckerError(
+                f"{source}: SHA1 {got} differs from the published {expected} for {name}; the file "
+                "was refused and deleted; hint: the download is corrupt or not this model")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target

@@ -1,0 +1,51 @@
+"""Shared fixtures: paths of the repository, the zoo, and the real models in ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "zoo_models"
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """The three real third-party models; CI always has them beside the checkout."""
+    if not SHARED_MODELS.is_dir():
+        pytest.fail(f"{SHARED_MODELS} is missing: the real-model tests need ../shared/models "
+                    "beside the repository (CI provides it)")
+    return SHARED_MODELS
+
+
+@pytest.fixture(scope="session")
+def zoo_meta():
+    def load(name):
+        return json.loads((ZOO / name / "model.json").read_text())
+    return load
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit status, stdout, stderr)."""
+    from caffe_tucker.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    monkeypatch.setenv("CAFFE_TUCKER_PROGRESS", "0")
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
