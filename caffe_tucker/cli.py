@@ -34,6 +34,34 @@ def _add_common_net_args(p, weights_required=False):
                    help="which phase's layers to keep for a train_val net (default TEST)")
 
 
+def _add_convert_args(p):
+    p.add_argument("prototxt", help="deploy net definition")
+    p.add_argument("--weights", "-w", metavar="CAFFEMODEL",
+                   help="trained weights (default: <prototxt stem>.caffemodel beside it)")
+    p.add_argument("--preset", help="which layers to compress and how: auto, alexnet, vgg_s, "
+                   "googlenet, vgg16 (default: the zoo net this is, else auto)")
+    p.add_argument("--layers", metavar="L1,L2", help="compress only these layers")
+    p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
+    p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",
+                   help="how ranks are chosen (default vbmf)")
+    p.add_argument("--weaken", type=float, default=1.0,
+                   help="scale VBMF's estimated noise variance (>1 keeps fewer components)")
+    p.add_argument("--input-shape", action="append", metavar="[BLOB=]N,C,H,W")
+
+
+def _convert_options(args, **extra):
+    from .convert import ConvertOptions, load_ranks_file
+    from .shapes import parse_input_shapes
+
+    return ConvertOptions(
+        preset=args.preset,
+        layers=tuple(x for x in args.layers.split(",") if x) if args.layers else None,
+        ranks=load_ranks_file(args.ranks) if args.ranks else None,
+        ranks_source=args.ranks or "ranks file",
+        rank_method=args.rank_method, weaken=args.weaken,
+        input_shapes=parse_input_shapes(args.input_shape), **extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Compress trained Caffe CNNs with VBMF-ranked Tucker "
                      "decompositions (Kim et al., ICLR 2016).")
@@ -46,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_net_args(p)
     p.add_argument("--format", "-f", default="table", choices=["table", "markdown", "csv", "json"])
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="compress a net: VBMF ranks, Tucker decomposition, "
+                       "rewritten net and fine-tuning files")
+    _add_convert_args(p)
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="output directory (default: <prototxt stem>_tucker/ beside the input)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty directory")
+    p.add_argument("--train-val", metavar="FILE", help="your train_val prototxt, rewritten like the deploy")
+    p.add_argument("--train-source", metavar="LMDB", help="training LMDB for the generated train_val")
+    p.add_argument("--val-source", metavar="LMDB", help="validation LMDB for the generated train_val")
+    p.add_argument("--batch-size", type=int, help="fine-tuning batch size (default: the zoo model's, else 32)")
+    p.add_argument("--train-images", type=int, default=1281167,
+                   help="training set size, for epochs in iterations (default: ImageNet's 1,281,167)")
+    p.add_argument("--val-images", type=int, default=50000, help="validation set size (default 50,000)")
+    p.add_argument("--epochs", type=float, default=15, help="fine-tuning epochs (default 15)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw ranks.png")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("ranks", help="only choose the ranks (what convert would write as ranks.json)")
+    _add_convert_args(p)
+    p.add_argument("--format", "-f", default="table", choices=["table", "markdown", "csv", "json"])
+    p.set_defaults(func=cmd_ranks)
 
     p = sub.add_parser("init", help="write random weights drawn from each layer's fillers")
     p.add_argument("prototxt")
@@ -88,6 +138,70 @@ def cmd_info(args) -> int:
     sys.stdout.write(render(info_columns(), rows, args.format, footer=footer))
     for problem in result.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from .convert import convert, write_outputs
+    from .report import human
+
+    options = _convert_options(
+        args, train_val=args.train_val, train_source=args.train_source, val_source=args.val_source,
+        batch_size=args.batch_size, train_images=args.train_images, val_images=args.val_images,
+        epochs=args.epochs)
+    proto = Path(args.prototxt)
+    out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_tucker"
+    from .convert import _check_out_dir
+    _check_out_dir(out, args.force)  # fail before the work, not after
+    result = convert(proto, args.weights, options)
+    write_outputs(result, out, force=args.force, plot=not args.no_plot,
+                  inputs=[proto, args.weights, args.train_val, args.ranks])
+    t = result.report["total"]
+    print(f"preset {result.preset}; compressed {len(result.decompositions)} of "
+          f"{len(result.choices)} planned layers")
+    for row in result.report["layers"]:
+        if row["skipped_reason"]:
+            print(f"  {row['name']}: untouched ({row['skipped_reason']})")
+        else:
+            print(f"  {row['name']}: {row['method']} ranks {row['ranks']}  "
+                  f"weights {human(row['weights_before'])} -> {human(row['weights_after'])}  "
+                  f"FLOPs {human(row['flops_before'])} -> {human(row['flops_after'])}  "
+                  f"rel. error {row['rel_error']:.3f}")
+    print(f"total: weights {human(t['weights_before'])} -> {human(t['weights_after'])} "
+          f"(x{t['weights_before'] / t['weights_after']:.2f}), FLOPs {human(t['flops_before'])} -> "
+          f"{human(t['flops_after'])} (x{t['flops_before'] / t['flops_after']:.2f})")
+    print(f"wrote {out}/: " + ", ".join(f for f in sorted(p.name for p in out.iterdir())
+                                          if not f.startswith(".")))
+    return 0
+
+
+def cmd_ranks(args) -> int:
+    from .convert import choose_ranks, ranks_json
+    from .ranks import decomposed_cost
+    from .report import Column, dumps_json, human, render
+
+    net, shapes, preset, choices = choose_ranks(args.prototxt, args.weights, _convert_options(args))
+    if args.format == "json":
+        sys.stdout.write(dumps_json(ranks_json(choices)))
+        return 0
+    rows = []
+    for c in choices.values():
+        w, f = decomposed_cost(net, shapes, c.layer, c.method, c.ranks) if min(c.ranks) else ((), ())
+        rows.append({"layer": c.layer, "method": c.method, "ranks": c.ranks,
+                     "groups": " ".join("/".join(map(str, r)) for r in c.group_ranks)
+                     if len(c.group_ranks) > 1 else "", "full": c.full,
+                     "weights": sum(w) if w else None, "flops": sum(f) if f else None,
+                     "status": c.skipped_reason or "compress"})
+    cols = [Column("layer", "layer"), Column("method", "method"),
+            Column("ranks", "ranks", lambda v: "/".join(map(str, v))),
+            Column("per group", "groups"), Column("full", "full", lambda v: "/".join(map(str, v))),
+            Column("weights after", "weights", human, ">"), Column("FLOPs after", "flops", human, ">"),
+            Column("status", "status")]
+    if args.format == "table":
+        print(f"preset {preset}")
+    sys.stdout.write(render(cols, rows, args.format))
     return 0
 
 

@@ -47,9 +47,16 @@ def make_spec(name: str, type: str, bottoms: Sequence[str], tops: Sequence[str],
     return spec
 
 
+def _is_repeated(fd) -> bool:
+    # protobuf >= 5 has FieldDescriptor.is_repeated; 7.x removed ``label``.
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == fd.LABEL_REPEATED
+
+
 def _assign(msg, key, value):
     fd = msg.DESCRIPTOR.fields_by_name[key]
-    if fd.message_type is not None and fd.label != fd.LABEL_REPEATED:
+    repeated = _is_repeated(fd)
+    if fd.message_type is not None and not repeated:
         sub = getattr(msg, key)
         sub.Clear()
         if isinstance(value, dict):
@@ -57,7 +64,7 @@ def _assign(msg, key, value):
                 _assign(sub, k, v)
         else:
             sub.CopyFrom(value)
-    elif fd.label == fd.LABEL_REPEATED:
+    elif repeated:
         container = getattr(msg, key)
         del container[:]
         for item in value:

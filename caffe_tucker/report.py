@@ -124,3 +124,53 @@ def info_columns() -> list[Column]:
         Column("weights", "weights", _num, ">"), Column("bias", "bias", _num, ">"),
         Column("FLOPs", "flops", _num, ">"),
     ]
+
+
+def _ratio(before, after) -> str:
+    return f"×{before / after:.2f}" if after else "×∞"
+
+
+def _per_group(value, group) -> str:
+    if value is None:
+        return ""
+    return f"{value // group}×{group}" if group and group > 1 else str(value)
+
+
+def convert_markdown(report: dict) -> str:
+    """``report.md``: the paper's Table 2 layout per layer, then Table 1's totals."""
+    lines = [f"# Compression report: {report.get('model') or 'net'}", "",
+             f"Preset `{report['preset']}`, ranks by `{report['rank_method']}`"
+             + (f" (weaken {report['weaken']})" if report.get("weaken", 1.0) != 1.0 else "")
+             + f"; source `{report['source']['prototxt']}`.", "",
+             "| Layer | S/R3 | T/R4 | Weights | FLOPs | rel. error |",
+             "|---|---:|---:|---|---|---:|"]
+    for r in report["layers"]:
+        g = r.get("group") or 1
+        lines.append(f"| {r['name']} | {_per_group(r['in_channels'], g)} | "
+                     f"{_per_group(r['out_channels'], g)} | {human(r['weights_before'])} | "
+                     f"{human(r['flops_before'])} | |")
+        if r["skipped_reason"]:
+            lines.append(f"| {r['name']}* | | | untouched: {r['skipped_reason']} | | |")
+            continue
+        ranks = r["ranks"]
+        grouped = (lambda v: f"{v}×{g}" if g > 1 else str(v))
+        if r["method"] == "tucker2":
+            s_r, t_r = grouped(ranks[0]), grouped(ranks[1])
+        else:
+            s_r, t_r = "", grouped(ranks[0])
+        w = (f"{human(r['weights_after'])} (={'+'.join(human(v) for v in r['weights_parts'])}) "
+             f"({_ratio(r['weights_before'], r['weights_after'])})")
+        f = (f"{human(r['flops_after'])} (={'+'.join(human(v) for v in r['flops_parts'])}) "
+             f"({_ratio(r['flops_before'], r['flops_after'])})")
+        lines.append(f"| {r['name']}* ({r['method']}) | {s_r} | {t_r} | {w} | {f} | "
+                     f"{r['rel_error']:.4f} |")
+    t = report["total"]
+    lines += ["", "Whole net (every layer; FLOPs are kernel multiply-adds, bias additions in brackets):",
+              "", "| Model | Weights | FLOPs |", "|---|---:|---:|",
+              f"| original | {human(t['weights_before'])} | {human(t['flops_before'])} "
+              f"(+{human(t['bias_flops_before'])}) |",
+              f"| compressed | {human(t['weights_after'])} | {human(t['flops_after'])} "
+              f"(+{human(t['bias_flops_after'])}) |",
+              f"| (imp.) | {_ratio(t['weights_before'], t['weights_after'])} | "
+              f"{_ratio(t['flops_before'], t['flops_after'])} |", ""]
+    return "\n".join(lines)

@@ -1,0 +1,540 @@
+"""The Caffe worker: runs inside the pycaffe interpreter, driven by :mod:`caffe_tucker.runtime`.
+
+This file is a standalone script.  It needs only the standard library, numpy and pycaffe (BVLC
+Caffe 1.0), runs on Python 3.6 or later, and never imports anything from caffe_tucker: the runtime
+sends its source to the other interpreter (``python3 -c BOOTSTRAP``, then the source on stdin) and
+talks to it over stdin/stdout only, so it works the same through ``chroot DIR python3``,
+``docker run --rm -i IMAGE python3`` or ``conda run -n ENV python``, with no shared filesystem.
+The runtime imports this module too, for the framing functions (they do not touch caffe).
+
+Protocol (version 1).  Every message, in both directions, is one frame::
+
+    b"CTKW"  uint64 little-endian N  N bytes of UTF-8 JSON header  payload 0  payload 1 ...
+
+The header's ``"payloads"`` lists the byte length of each payload that follows.  Inside the
+header, ``{"$bytes": i}`` stands for payload ``i`` as bytes (read back as a bytearray) and
+``{"$array": i, "dtype": "<f4", "shape": [...]}`` for payload ``i`` as a C-order numpy array.
+After the bootstrap the worker sends ``{"type": "ready", ...}`` (or ``{"type": "ready", "ok":
+false, "error": ...}`` when caffe does not import); then each request ``{"type": T, ...}`` gets
+exactly one response, ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``.
+``{"type": "quit"}`` or EOF ends it.
+Requests: ``hello``, ``forward``, ``time``, ``train`` (see the ``_req_*`` methods).  A Caffe CHECK failure
+aborts the whole process; the runtime then reads the reason from the worker's stderr.
+"""
+
+import json
+import os
+import struct
+import sys
+import time
+
+try:  # numpy is optional only so that the bootstrap can report its absence cleanly
+    import numpy as np
+except ImportError:  # pragma: no cover - exercised through the worker's ready message
+    np = None
+
+PROTOCOL = 1
+MAGIC = b"CTKW"
+_LEN = struct.Struct("<Q")
+MAX_HEADER = 256 << 20
+
+# The -c argument given to the interpreter: check the version, read the worker's source (its
+# byte length on one line, then the source) from stdin, and run it as __main__.  One line with no
+# quotes, so that command prefixes that re-quote their arguments (conda run) pass it intact.
+BOOTSTRAP = ("import sys;sys.version_info<(3,6)and sys.exit('caffe_tucker: the Caffe worker needs "
+             "Python 3.6 or later, this is Python '+sys.version.split()[0]);"
+             "n=int(sys.stdin.buffer.readline());"
+             "exec(compile(sys.stdin.buffer.read(n),'caffe_worker.py','exec'))")
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a frame of this protocol."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing (shared with the runtime)
+
+def _encode(value, payloads):
+    """Replace arrays and bytes in ``value`` by payload references (appending to ``payloads``)."""
+    if np is not None and isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        payloads.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        return {"$array": len(payloads) - 1, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        payloads.append(memoryview(value).cast("B") if isinstance(value, memoryview) else value)
+        return {"$bytes": len(payloads) - 1}
+    if isinstance(value, dict):
+        return dict((str(k), _encode(v, payloads)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, payloads) for v in value]
+    if np is not None and isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value, payloads):
+    if isinstance(value, dict):
+        if "$array" in value and len(value) == 3:
+            buf = payloads[value["$array"]]
+            return np.frombuffer(buf, dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+        if "$bytes" in value and len(value) == 1:
+            return payloads[value["$bytes"]]  # a bytearray: no copy of a large caffemodel
+        return dict((k, _decode(v, payloads)) for k, v in value.items())
+    if isinstance(value, list):
+        return [_decode(v, payloads) for v in value]
+    return value
+
+
+def write_message(stream, message):
+    """Write one frame holding ``message`` (a JSON-able dict that may contain arrays and bytes)."""
+    payloads = []
+    header = _encode(message, payloads)
+    header["payloads"] = [len(p) if not isinstance(p, memoryview) else p.nbytes for p in payloads]
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    stream.write(MAGIC + _LEN.pack(len(text)) + text)
+    for p in payloads:
+        stream.write(p)
+    stream.flush()
+
+
+def _read_exact(stream, n):
+    """Read exactly ``n`` bytes into a writable bytearray; None on EOF before the first byte."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = stream.readinto(view[got:])
+        if not k:
+            if got == 0:
+                return None
+            raise EOFError("end of stream after %d of %d bytes" % (got, n))
+        got += k
+    return buf
+
+
+def read_message(stream):
+    """Read one frame; returns the decoded dict, or None at a clean end of stream."""
+    head = _read_exact(stream, len(MAGIC) + _LEN.size)
+    if head is None:
+        return None
+    if bytes(head[:len(MAGIC)]) != MAGIC:
+        raise ProtocolError(bytes(head))
+    (n,) = _LEN.unpack(bytes(head[len(MAGIC):]))
+    if n > MAX_HEADER:
+        raise ProtocolError(bytes(head))
+    text = _read_exact(stream, n)
+    if text is None:
+        raise EOFError("end of stream before the message header")
+    header = json.loads(text.decode("utf-8"))
+    payloads = []
+    for size in header.pop("payloads", []):
+        data = _read_exact(stream, int(size)) if size else bytearray()
+        if data is None:
+            raise EOFError("end of stream before a payload")
+        payloads.append(data)
+    return _decode(header, payloads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+class RequestError(Exception):
+    """A request that cannot be served; answered with ``{"ok": false, "error": message}``."""
+
+    def __init__(self, message, code="error"):
+        Exception.__init__(self, message)
+        self.code = code
+
+
+def _one_line(text):
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    mid = n // 2
+    return values[mid] if n % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def _clean_stale_tempdirs(prefix):
+    """Remove temp dirs left by workers that Caffe aborted (their pid is in the name)."""
+    import shutil
+    import tempfile
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        try:
+            pid = int(name[len(prefix):].split("_", 1)[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError):
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except OSError:
+            continue
+
+
+class Worker(object):
+    TMP_PREFIX = "caffe_tucker_worker_"
+
+    def __init__(self, caffe, out):
+        import tempfile
+        self.caffe = caffe
+        self.out = out
+        _clean_stale_tempdirs(self.TMP_PREFIX)
+        self.tmp = tempfile.mkdtemp(prefix="%s%d_" % (self.TMP_PREFIX, os.getpid()))
+        self.net = None
+        self.net_key = None
+        self.count = 0
+
+    def close(self):
+        import shutil
+        self.net = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- loading ------------------------------------------------------------------------------
+    def _load(self, req):
+        """The caffe.Net of a request: the cached one when its key matches, else a new one."""
+        key = req.get("net_key")
+        prototxt = req.get("prototxt")
+        if prototxt is None:
+            if key is not None and key == self.net_key and self.net is not None:
+                return self.net
+            raise RequestError("the worker does not hold net %r; send its prototxt" % (key,),
+                               code="net_not_loaded")
+        self.net = None
+        self.net_key = None
+        self.count += 1
+        proto_path = os.path.join(self.tmp, "net%d.prototxt" % self.count)
+        with open(proto_path, "w") as f:
+            f.write(prototxt)
+        weights = req.get("caffemodel")
+        weights_path = None
+        if weights is not None:
+            weights_path = os.path.join(self.tmp, "net%d.caffemodel" % self.count)
+            with open(weights_path, "wb") as f:
+                f.write(weights)
+        caffe = self.caffe
+        caffe.set_mode_cpu()
+        try:
+            # A net Caffe cannot parse, or weights that do not fit it, abort the process here:
+            # the runtime reports what glog printed on stderr.
+            if weights_path is not None:
+                net = caffe.Net(proto_path, weights_path, caffe.TEST)
+            else:
+                net = caffe.Net(proto_path, caffe.TEST)
+        finally:
+            for path in (proto_path, weights_path):
+                if path is not None:
+                    try:
+                        os.remove(path)
+                    except OSError:
+                        pass
+        self.net = net
+        self.net_key = key
+        return net
+
+    def _set_inputs(self, net, inputs):
+        names = list(net.inputs)
+        for name in inputs:
+            if name not in names:
+                raise RequestError("%r is not an input blob of the net; its inputs are %s"
+                                   % (name, names or "none (the net has no Input layer)"))
+        missing = [name for name in names if name not in inputs]
+        if missing:
+            raise RequestError("no array given for the net's input blob(s) %s" % missing)
+        arrays = {}
+        for name in names:
+            arr = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if arr.ndim == 0:
+                raise RequestError("input %r is a scalar; give an array such as N,C,H,W" % name)
+            arrays[name] = arr
+            net.blobs[name].reshape(*arr.shape)
+        net.reshape()  # shape mismatches inside the net abort here, with Caffe's CHECK message
+        for name, arr in arrays.items():
+            net.blobs[name].data[...] = arr
+
+    def _blob_names(self, net, blobs):
+        if blobs is None:
+            return list(net.outputs)
+        unknown = [b for b in blobs if b not in net.blobs]
+        if unknown:
+            raise RequestError("no blob named %s in the net; its blobs are %s"
+                               % (", ".join(repr(b) for b in unknown), list(net.blobs.keys())))
+        return list(blobs)
+
+    # -- requests -----------------------------------------------------------------------------
+    def _req_hello(self, req):
+        caffe = self.caffe
+        info = {
+            "caffe_version": getattr(caffe, "__version__", "unknown"),
+            "caffe_path": os.path.dirname(getattr(caffe, "__file__", "") or ""),
+            "python_version": sys.version.split()[0],
+            "python_executable": sys.executable,
+            "numpy_version": np.__version__,
+            "protocol": PROTOCOL,
+            "pid": os.getpid(),
+            "nets_loaded": self.count,
+        }
+        try:
+            info["layer_types"] = sorted(caffe.layer_type_list())
+        except Exception:  # not in every pycaffe build
+            info["layer_types"] = None
+        return info
+
+    def _req_forward(self, req):
+        net = self._load(req)
+        names = self._blob_names(net, req.get("blobs"))
+        self._set_inputs(net, req.get("inputs") or {})
+        net.forward()
+        out = {}
+        for name in names:
+            out[name] = np.array(net.blobs[name].data, dtype=np.float32, copy=True)
+        return {"blobs": out, "order": names}
+
+    def _req_time(self, req):
+        net = self._load(req)
+        batch = int(req.get("batch", 1))
+        iterations = int(req.get("iterations", 10))
+        warmup = int(req.get("warmup", 2))
+        if batch < 1 or iterations < 1 or warmup < 0:
+            raise RequestError("time needs batch >= 1, iterations >= 1 and warmup >= 0; got "
+                               "batch=%d, iterations=%d, warmup=%d" % (batch, iterations, warmup))
+        rng = np.random.RandomState(0)
+        shapes = {}
+        for name in net.inputs:
+            shape = (batch,) + tuple(net.blobs[name].data.shape[1:])
+            net.blobs[name].reshape(*shape)
+            shapes[name] = list(shape)
+        net.reshape()
+        for name in net.inputs:
+            blob = net.blobs[name]
+            blob.data[...] = rng.standard_normal(blob.data.shape).astype(np.float32)
+        names = list(net._layer_names)
+        types = [layer.type for layer in net.layers]
+        n = len(names)
+        if n == 0:
+            raise RequestError("the net has no layers to time")
+        clock = time.perf_counter
+        for _ in range(warmup):
+            net._forward(0, n - 1)
+        per_layer = [[] for _ in range(n)]
+        whole = []
+        for _ in range(iterations):
+            for i in range(n):
+                t0 = clock()
+                net._forward(i, i)
+                per_layer[i].append(clock() - t0)
+            t0 = clock()
+            net._forward(0, n - 1)
+            whole.append(clock() - t0)
+        layers = [{"name": names[i], "type": types[i], "ms": 1e3 * _median(per_layer[i])}
+                  for i in range(n)]
+        return {"layers": layers, "forward_ms": 1e3 * _median(whole),
+                "layers_sum_ms": sum(layer["ms"] for layer in layers), "batch": batch,
+                "iterations": iterations, "warmup": warmup, "input_shapes": shapes}
+
+    def _req_train(self, req):
+        """Train a net with a Caffe solver, feeding its Input blobs from arrays.
+
+        Request: ``solver`` (SolverParameter text; its net fields, test nets and snapshots are
+        replaced), ``net`` (the train net's prototxt text; every input is an Input layer),
+        ``caffemodel`` (optional initial weights, copied by layer name), ``inputs`` (one array
+        per input blob of the net, all with the same first dimension N: the samples), ``seed``
+        (optional: overrides the solver's ``random_seed`` and seeds the shuffling; 0 otherwise)
+        and ``shuffle`` (default true).  Each iteration the next ``batch`` samples of a stream of
+        permutations of range(N) (numpy RandomState(seed); range(N) repeated when not shuffling)
+        are copied into the input blobs and ``solver.step(1)`` runs, so the solver's own
+        schedule (lr policy, momentum, weight decay) applies; ``max_iter`` iterations in all.
+
+        Response: ``caffemodel`` (the trained weights, ``net.save``), ``iterations`` (int32
+        1..max_iter), ``loss`` (float32: the weighted sum of the loss outputs after each
+        iteration), ``outputs`` (float32 per scalar output blob of the net), ``batch``,
+        ``max_iter``, ``seconds``.
+        """
+        from caffe.proto import caffe_pb2
+        from google.protobuf import text_format
+        caffe = self.caffe
+        solver_text = req.get("solver")
+        net_text = req.get("net")
+        if not isinstance(solver_text, str) or not isinstance(net_text, str):
+            raise RequestError("train needs 'solver' and 'net' prototxt text")
+        param = caffe_pb2.SolverParameter()
+        try:
+            text_format.Merge(solver_text, param)
+        except text_format.ParseError as exc:
+            raise RequestError("cannot parse the solver: %s" % exc)
+        if param.max_iter < 1:
+            raise RequestError("the solver's max_iter must be >= 1; got %d" % param.max_iter)
+        if param.iter_size != 1:
+            raise RequestError("train feeds one batch per iteration: the solver's iter_size must "
+                               "be 1; got %d" % param.iter_size)
+        seed = req.get("seed")
+        if seed is not None:
+            param.random_seed = int(seed)
+        shuffle_seed = int(seed) if seed is not None else 0
+        self.count += 1
+        base = os.path.join(self.tmp, "train%d" % self.count)
+        os.mkdir(base)
+        net_path = os.path.join(base, "train.prototxt")
+        with open(net_path, "w") as f:
+            f.write(net_text)
+        for name in ("net", "net_param", "train_net", "train_net_param", "test_net",
+                     "test_net_param", "train_state", "test_state", "test_iter"):
+            param.ClearField(name)
+        param.train_net = net_path
+        param.test_interval = 0
+        param.test_initialization = False
+        param.snapshot = 0
+        param.snapshot_after_train = False
+        param.snapshot_prefix = os.path.join(base, "snapshot")
+        param.solver_mode = caffe_pb2.SolverParameter.CPU
+        solver_path = os.path.join(base, "solver.prototxt")
+        with open(solver_path, "w") as f:
+            f.write(text_format.MessageToString(param))
+        caffe.set_mode_cpu()
+        try:
+            solver = caffe.get_solver(solver_path)  # an unparsable net aborts here (glog)
+            net = solver.net
+            weights = req.get("caffemodel")
+            if weights is not None:
+                weights_path = os.path.join(base, "initial.caffemodel")
+                with open(weights_path, "wb") as f:
+                    f.write(weights)
+                net.copy_from(weights_path)
+            inputs = req.get("inputs") or {}
+            names = list(net.inputs)
+            if not names:
+                raise RequestError("the train net has no Input layer to feed")
+            unknown = [n for n in inputs if n not in names]
+            missing = [n for n in names if n not in inputs]
+            if unknown or missing:
+                raise RequestError("train needs exactly one array per input blob of the net %s; "
+                                   "got %s" % (names, sorted(inputs)))
+            arrays = dict((n, np.asarray(inputs[n], dtype=np.float32)) for n in names)
+            sizes = set(a.shape[0] if a.ndim else -1 for a in arrays.values())
+            if len(sizes) != 1 or min(sizes) < 1:
+                raise RequestError("the input arrays must share a first dimension N >= 1 (the "
+                                   "samples); got shapes %s"
+                                   % dict((n, list(a.shape)) for n, a in arrays.items()))
+            count = sizes.pop()
+            batch = int(net.blobs[names[0]].data.shape[0]) if net.blobs[names[0]].data.ndim else 1
+            for n in names:
+                blob = net.blobs[n].data
+                if blob.ndim == 0 or blob.shape[0] != batch:
+                    raise RequestError("the net's input blobs must share a batch dimension; "
+                                       "%r has shape %s" % (n, list(blob.shape)))
+                if tuple(arrays[n].shape[1:]) != tuple(blob.shape[1:]):
+                    raise RequestError("input %r: a sample has shape %s, but the net's blob "
+                                       "takes %s" % (n, list(arrays[n].shape[1:]),
+                                                     list(blob.shape[1:])))
+            rng = np.random.RandomState(shuffle_seed)
+            order = np.zeros(0, dtype=np.int64)
+            max_iter = int(param.max_iter)
+            losses = np.zeros(max_iter, dtype=np.float32)
+            weights_of = net.blob_loss_weights
+            scalars = [n for n in net.outputs if net.blobs[n].data.size == 1]
+            outputs = dict((n, np.zeros(max_iter, dtype=np.float32)) for n in scalars)
+            t0 = time.perf_counter()
+            done = 0
+            while solver.iter < max_iter:
+                while order.size < batch:
+                    more = rng.permutation(count) if req.get("shuffle", True) else np.arange(count)
+                    order = np.concatenate([order, more])
+                idx, order = order[:batch], order[batch:]
+                for n in names:
+                    blob = net.blobs[n]
+                    blob.data[...] = arrays[n][idx]
+                solver.step(1)
+                loss = 0.0
+                for n in net.outputs:
+                    w = weights_of.get(n, 0.0)
+                    if w:
+                        loss += w * float(net.blobs[n].data.sum())
+                losses[done] = loss
+                for n in scalars:
+                    outputs[n][done] = float(net.blobs[n].data.reshape(-1)[0])
+                done += 1
+            seconds = time.perf_counter() - t0
+            out_path = os.path.join(base, "trained.caffemodel")
+            net.save(out_path)
+            with open(out_path, "rb") as f:
+                trained = f.read()
+        finally:
+            solver = net = None
+            import shutil
+            shutil.rmtree(base, ignore_errors=True)
+        return {"caffemodel": trained, "iterations": np.arange(1, done + 1, dtype=np.int32),
+                "loss": losses[:done], "outputs": dict((n, v[:done]) for n, v in outputs.items()),
+                "batch": batch, "max_iter": max_iter, "seconds": seconds}
+
+    def serve(self, instream):
+        while True:
+            req = read_message(instream)
+            if req is None:
+                return
+            kind = req.get("type")
+            if kind == "quit":
+                write_message(self.out, {"ok": True, "type": "bye"})
+                return
+            handler = getattr(self, "_req_%s" % kind, None) if isinstance(kind, str) else None
+            try:
+                if handler is None:
+                    raise RequestError("unknown request type %r" % (kind,))
+                result = handler(req)
+                result["ok"] = True
+            except RequestError as exc:
+                result = {"ok": False, "error": _one_line(exc), "code": exc.code}
+            except Exception as exc:  # pycaffe raised: report it, keep serving
+                result = {"ok": False, "error": _one_line("%s: %s" % (type(exc).__name__, exc)),
+                          "code": "exception"}
+            result["net_key"] = self.net_key  # lets the runtime skip resending this net
+            write_message(self.out, result)
+
+
+def main():
+    # Keep the protocol channel to ourselves: frames go to a private duplicate of the original
+    # stdout, and fd 1 becomes stderr, so nothing Caffe, glog or a library prints (at the C or
+    # the Python level) can corrupt a frame.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    instream = sys.stdin.buffer
+    # glog reads its flags from the environment when libcaffe is loaded: at level 2 only errors
+    # and CHECK failures (whose text the runtime needs for its messages) are printed.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    base = {"type": "ready", "protocol": PROTOCOL, "python_version": sys.version.split()[0],
+            "python_executable": sys.executable, "pid": os.getpid()}
+    if np is None:
+        base.update(ok=False, error="ImportError: No module named 'numpy'", code="import")
+        write_message(out, base)
+        return 3
+    try:
+        import caffe
+    except BaseException as exc:  # ImportError, or a broken build raising anything else
+        base.update(ok=False, error=_one_line("%s: %s" % (type(exc).__name__, exc)), code="import")
+        write_message(out, base)
+        return 3
+    base.update(ok=True, caffe_version=getattr(caffe, "__version__", "unknown"))
+    write_message(out, base)
+    worker = Worker(caffe, out)
+    try:
+        worker.serve(instream)
+    except (BrokenPipeError, EOFError):
+        return 0
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

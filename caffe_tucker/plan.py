@@ -1,0 +1,161 @@
+"""Which layers to compress, and how: the paper's presets and the ``auto`` rule.
+
+Methods
+-------
+``tucker2``
+    A D×D convolution (or a fully connected layer fed by a spatial map, seen
+    as a convolution over that map) becomes 1×1 → D×D → 1×1 convolutions;
+    ranks (R3, R4) for the input and output modes.
+``tucker1``
+    Only the output mode is decomposed: D×D convolution S→R4, then 1×1
+    R4→T.  The paper uses it for the first convolution, where S = 3.
+``svd``
+    A fully connected layer becomes two: K→R then R→N (truncated SVD).
+
+Presets
+-------
+``alexnet``, ``vgg_s``, ``googlenet``, ``vgg16`` follow the paper (Section 4
+and Tables 2-5; each zoo model's ``compress`` map).  ``auto``, for any other
+net: the first convolution of the net ``tucker1``, every other convolution
+with a kernel larger than 1×1 ``tucker2``, every fully connected layer
+``svd``; 1×1 convolutions and deconvolutions are left alone.
+"""
+
+from __future__ import annotations
+
+from .errors import CaffeTuckerError, check_param
+from .graph import Net
+from .shapes import ShapeInfo
+
+__all__ = ["METHODS", "presets", "make_plan", "detect_preset", "decomposable"]
+
+METHODS = ("tucker2", "tucker1", "svd")
+
+
+def presets() -> tuple[str, ...]:
+    """``auto`` and every zoo model with a ``compress`` map."""
+    from .zoo import zoo_model, zoo_names
+
+    return ("auto",) + tuple(n for n in zoo_names() if zoo_model(n).get("compress"))
+
+
+def decomposable(net: Net, shapes: ShapeInfo, name: str, method: str) -> str | None:
+    """Why ``method`` cannot be applied to layer ``name`` (None if it can)."""
+    layer = net.layer(name)
+    info = shapes.layers[name]
+    if layer.type == "Convolution":
+        geo = info.geometry
+        if method == "svd":
+            return "svd applies to fully connected layers; use tucker1 or tucker2 for a convolution"
+        if len(geo.kernel) != 2 or geo.axis != 1:
+            return "only 2-D convolutions over axis 1 can be decomposed"
+        return None
+    if layer.type == "InnerProduct":
+        x = info.inputs[0]
+        p = layer.spec.inner_product_param
+        if p.transpose:
+            return "InnerProduct with transpose: true is not supported"
+        if method == "svd":
+            return None
+        if method == "tucker2":
+            if p.axis != 1 or len(x) != 4:
+                return ("tucker2 applies to a fully connected layer only when it reads a spatial "
+                        "map (N, C, H, W) with axis 1; use svd")
+            return None
+        return "tucker1 applies to convolutions; use svd for a fully connected layer"
+    return f"a {layer.type} layer has no kernel to decompose (only Convolution and InnerProduct)"
+
+
+def detect_preset(net: Net) -> str:
+    """The zoo preset whose deploy has exactly this net's conv/fc layers, else ``auto``."""
+    from .read import read_prototxt
+    from .zoo import zoo_model
+
+    def signature(n: Net):
+        return [(l.name, l.type) for l in n.layers if l.type in ("Convolution", "InnerProduct")]
+
+    mine = signature(net)
+    for name in presets()[1:]:
+        try:
+            zoo_net = read_prototxt(zoo_model(name)["deploy_path"])
+        except CaffeTuckerError:
+            continue
+        if signature(zoo_net) == mine:
+            return name
+    return "auto"
+
+
+def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) -> dict[str, str]:
+    """Map layer name -> method for the layers to compress, in net order.
+
+    Parameters
+    ----------
+    preset : str
+        One of :data:`PRESETS`.
+    layers : sequence of str, optional
+        Restrict the plan to these layers (``--layers``); each must exist and
+        be decomposable (a layer the preset leaves alone gets the ``auto`` method).
+    """
+    known = presets()
+    check_param("preset", preset, preset in known, f"one of {', '.join(known)}", "convert",
+                exc=CaffeTuckerError)
+    auto = _auto_plan(net, shapes)
+    if preset == "auto":
+        plan = auto
+    else:
+        from .zoo import zoo_model
+
+        wanted = zoo_model(preset)["compress"]
+        missing = [n for n in wanted if n not in shapes.layers]
+        if missing:
+            raise CaffeTuckerError(
+                f"{net.source}: preset '{preset}' compresses layer '{missing[0]}', which this net does "
+                "not have; hint: use --preset auto for nets other than the paper's")
+        plan = {l.name: wanted[l.name] for l in net.layers if l.name in wanted}
+    if layers is not None:
+        chosen = {}
+        for name in layers:
+            if name not in shapes.layers:
+                raise CaffeTuckerError(f"{net.source}: --layers names '{name}', which the net does not "
+                                       "have")
+            method = plan.get(name) or auto.get(name) or _default_method(net, shapes, name)
+            reason = decomposable(net, shapes, name, method)
+            if reason:
+                raise CaffeTuckerError(f"{net.source}: layer '{name}' cannot be compressed: {reason}")
+            chosen[name] = method
+        plan = {l.name: chosen[l.name] for l in net.layers if l.name in chosen}
+    for name, method in plan.items():
+        reason = decomposable(net, shapes, name, method)
+        if reason:
+            raise CaffeTuckerError(f"{net.source}: layer '{name}' cannot be compressed with {method}: "
+                                   f"{reason}")
+    return plan
+
+
+def _default_method(net: Net, shapes: ShapeInfo, name: str) -> str:
+    layer = net.layer(name)
+    if layer.type == "InnerProduct":
+        return "svd"
+    return "tucker2"
+
+
+def _auto_plan(net: Net, shapes: ShapeInfo) -> dict[str, str]:
+    plan = {}
+    first_conv = True
+    for layer in net.layers:
+        info = shapes.layers.get(layer.name)
+        if info is None or any(s is None for s in info.outputs):
+            continue
+        if layer.type == "Convolution":
+            geo = info.geometry
+            if first_conv:
+                first_conv = False
+                if decomposable(net, shapes, layer.name, "tucker1") is None:
+                    plan[layer.name] = "tucker1"
+                continue
+            if max(geo.kernel) > 1 and decomposable(net, shapes, layer.name, "tucker2") is None:
+                plan[layer.name] = "tucker2"
+        elif layer.type == "InnerProduct":
+            if decomposable(net, shapes, layer.name, "svd") is None:
+                plan[layer.name] = "svd"
+    return plan

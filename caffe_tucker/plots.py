@@ -1,0 +1,50 @@
+"""PNG figures: singular-value spectra of the kernel unfoldings with the chosen ranks marked."""
+
+from __future__ import annotations
+
+import io
+import math
+
+__all__ = ["ranks_png"]
+
+_LABELS = {"input": "mode-3 (S) unfolding → R3", "output": "mode-4 (T) unfolding → R4",
+           "matrix": "weight matrix → R"}
+
+
+def ranks_png(choices: dict) -> bytes:
+    """One panel per layer: normalised singular values per unfolding, chosen rank as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = list(choices.values())
+    cols = min(4, max(1, len(items)))
+    rows = max(1, math.ceil(len(items) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    colors = {"input": "tab:blue", "output": "tab:orange", "matrix": "tab:green"}
+    for ax, c in zip(axes.flat, items):
+        modes = list(c.spectra)
+        for i, mode in enumerate(modes):
+            for g, values in enumerate(c.spectra[mode]):
+                if len(values) == 0 or values[0] == 0:
+                    continue
+                ax.semilogy(range(1, len(values) + 1), values / values[0], color=colors[mode],
+                            lw=1, alpha=0.9 if g == 0 else 0.5,
+                            label=_LABELS[mode] if g == 0 else None)
+            rank = c.ranks[i] if i < len(c.ranks) else None
+            if rank:
+                ax.axvline(rank, color=colors[mode], ls="--", lw=1)
+        status = "untouched" if c.skipped_reason else f"ranks {list(c.ranks)}"
+        ax.set_title(f"{c.layer} ({c.method}): {status}", fontsize=9)
+        ax.set_xlabel("index", fontsize=8)
+        ax.set_ylabel("σ / σ₁", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,251 @@
+"""Stage 3, select ranks: global analytic VBMF on the kernel unfoldings (Kim et al., Sec. 3.2).
+
+A Caffe convolution kernel is a blob of shape ``(T, S/g, D, D)``.  For
+Tucker-2 the paper takes R3 from the mode-3 unfolding (S × D²T: one row per
+input channel) and R4 from the mode-4 unfolding (T × D²S: one row per output
+channel); Tucker-1 needs only R4; a fully connected layer's SVD rank comes
+from its weight matrix (N × K).  Each group of a grouped convolution is its
+own kernel; the layer takes the largest of its groups' ranks so the emitted
+grouped layers stay uniform, and the report keeps every group's rank.
+
+Rank methods
+------------
+``vbmf``
+    The rank the empirical VBMF of Nakajima et al. (2013) estimates, the
+    noise variance estimated too (:func:`caffe_tucker.vbmf.evbmf`);
+    ``weaken`` scales that variance (> 1 keeps fewer components).
+``energy:F``
+    The smallest rank keeping a fraction F of the squared singular values.
+``ratio:F``
+    ``ceil(F · full rank)``.
+
+A rank of 0 (VBMF finds no component above the noise) is never clamped to
+1: the layer is left untouched and the report says why.  So is a layer whose
+ranks would not reduce both its weights and its FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from .errors import CaffeTuckerError, check_param
+from .graph import Net
+from .shapes import ShapeInfo
+from .vbmf import evbmf
+
+__all__ = ["RankChoice", "parse_rank_method", "kernel_groups", "unfoldings", "select_ranks",
+           "decomposed_cost", "full_ranks", "check_manual_ranks"]
+
+
+@dataclass(frozen=True)
+class RankChoice:
+    """The ranks chosen for one layer and how.
+
+    ``ranks`` is ``(R3, R4)`` for tucker2, ``(R4,)`` for tucker1, ``(R,)`` for
+    svd; ``group_ranks`` has one such tuple per group; ``spectra`` maps each
+    unfolding ("input", "output" or "matrix") to its singular values per group.
+    """
+
+    layer: str
+    method: str
+    ranks: tuple[int, ...]
+    full: tuple[int, ...]
+    group_ranks: tuple[tuple[int, ...], ...]
+    source: str
+    spectra: dict = field(default_factory=dict, compare=False)
+    skipped_reason: str | None = None
+
+
+def parse_rank_method(text: str) -> tuple[str, float | None]:
+    """``"vbmf"`` -> ("vbmf", None); ``"energy:0.95"`` -> ("energy", 0.95); ``"ratio:0.25"``."""
+    name, _, arg = text.partition(":")
+    if name == "vbmf" and not arg:
+        return "vbmf", None
+    if name in ("energy", "ratio"):
+        try:
+            value = float(arg)
+        except ValueError:
+            value = None
+        check_param("rank-method", text, value is not None and 0 < value <= 1,
+                    f"'{name}:F' with F in (0, 1]", "convert", exc=CaffeTuckerError)
+        return name, value
+    check_param("rank-method", text, False, "one of 'vbmf', 'energy:F', 'ratio:F'", "convert",
+                exc=CaffeTuckerError)
+
+
+def kernel_groups(net: Net, shapes: ShapeInfo, name: str, method: str) -> list[np.ndarray]:
+    """The kernel of each group in Caffe layout: ``(T/g, S/g, kh, kw)``, or ``(N, K)`` for svd."""
+    layer = net.layer(name)
+    w = layer.blobs[0]
+    if layer.type == "InnerProduct":
+        if method == "svd":
+            return [w]
+        x = shapes.layers[name].inputs[0]
+        return [w.reshape((w.shape[0],) + tuple(x[1:]))]
+    g = shapes.layers[name].geometry.group
+    t = w.shape[0] // g
+    return [w[i * t:(i + 1) * t] for i in range(g)]
+
+
+def unfoldings(kernel: np.ndarray, method: str) -> dict[str, np.ndarray]:
+    """The matrices whose ranks are chosen: mode-3 ("input") and mode-4 ("output") unfoldings."""
+    if method == "svd":
+        return {"matrix": kernel}
+    out = {"output": kernel.reshape(kernel.shape[0], -1)}
+    if method == "tucker2":
+        out = {"input": kernel.transpose(1, 0, 2, 3).reshape(kernel.shape[1], -1), **out}
+    return out
+
+
+def full_ranks(net: Net, shapes: ShapeInfo, name: str, method: str) -> tuple[int, ...]:
+    """The largest meaningful ranks per group: (S/g, T/g), (T/g,), or (min(N, K),)."""
+    k = kernel_shape(net, shapes, name, method)
+    if method == "svd":
+        return (min(k),)
+    if method == "tucker1":
+        return (min(k[0], prod(k[1:])),)
+    return (k[1], k[0])
+
+
+def kernel_shape(net: Net, shapes: ShapeInfo, name: str, method: str) -> tuple[int, ...]:
+    """Shape of one group's kernel, from the net's shapes alone (no weights needed)."""
+    info = shapes.layers[name]
+    w = info.params[0]
+    layer = net.layer(name)
+    if layer.type == "InnerProduct":
+        return tuple(w) if method == "svd" else (w[0],) + tuple(info.inputs[0][1:])
+    g = info.geometry.group
+    return (w[0] // g,) + tuple(w[1:])
+
+
+def _rank_of(values: np.ndarray, matrix: np.ndarray, how: str, arg, weaken: float) -> int:
+    if how == "vbmf":
+        return evbmf(matrix, weaken=weaken).rank
+    if how == "energy":
+        energy = np.cumsum(values.astype(np.float64) ** 2)
+        if energy[-1] == 0:
+            return 0
+        return int(np.searchsorted(energy / energy[-1], arg - 1e-12) + 1)
+    return int(math.ceil(arg * len(values)))
+
+
+def decomposed_cost(net: Net, shapes: ShapeInfo, name: str, method: str,
+                    ranks: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Weights and FLOPs of each new layer (``(w1, w2[, w3]), (f1, f2[, f3])``), per image."""
+    info = shapes.layers[name]
+    layer = net.layer(name)
+    x, y = info.inputs[0], info.outputs[0]
+    if method == "svd":
+        p = layer.spec.inner_product_param
+        axis = p.axis + len(x) if p.axis < 0 else p.axis
+        k, n = prod(x[axis:]), p.num_output
+        rows = prod(x[1:axis])
+        (r,) = ranks
+        w = (k * r, r * n)
+        return w, tuple(v * rows for v in w)
+    if layer.type == "InnerProduct":  # tucker2 over the input map: kernel = whole map
+        s, t = x[1], layer.spec.inner_product_param.num_output
+        kernel, g = tuple(x[2:]), 1
+        in_hw, out_hw = prod(x[2:]), 1
+    else:
+        geo = info.geometry
+        s, t, kernel, g = x[1], geo.num_output, geo.kernel, geo.group
+        in_hw, out_hw = prod(x[2:]), prod(y[2:])
+    d2 = prod(kernel)
+    if method == "tucker1":
+        (r4,) = ranks
+        w = (g * r4 * (s // g) * d2, t * r4)
+        return w, (w[0] * out_hw, w[1] * out_hw)
+    r3, r4 = ranks
+    w = (s * r3, g * r3 * r4 * d2, r4 * t)
+    return w, (w[0] * in_hw, w[1] * out_hw, w[2] * out_hw)
+
+
+def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
+                       source: str = "ranks file") -> dict[str, tuple[int, ...]]:
+    """Validate ``--ranks`` values: shape (pair or number) and range [1, full]."""
+    out = {}
+    for name, value in ranks.items():
+        if name not in plan:
+            if name not in shapes.layers:
+                raise CaffeTuckerError(f"{source}: layer '{name}' is not in the net "
+                                       f"{net.source}; hint: check the layer names with 'info'")
+            raise CaffeTuckerError(f"{source}: layer '{name}' cannot be compressed here")
+        method = plan[name]
+        want = 2 if method == "tucker2" else 1
+        values = value if isinstance(value, list) else [value]
+        shape = ("a pair [R3, R4]" if want == 2 else "one integer")
+        check_param("ranks", value, len(values) == want and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values),
+            f"{shape} for the {method} layer '{name}'", source, exc=CaffeTuckerError)
+        full = full_ranks(net, shapes, name, method)
+        for v, f, label in zip(values, full, ("R3", "R4") if want == 2 else ("rank",)):
+            check_param(f"{label}", v, 1 <= v <= f, f"an int in [1, {f}] for layer '{name}'", source,
+                        exc=CaffeTuckerError)
+        out[name] = tuple(values)
+    return out
+
+
+def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vbmf",
+                 weaken: float = 1.0, fixed: dict | None = None, progress=None) -> dict[str, RankChoice]:
+    """Choose ranks for every layer of ``plan`` (``fixed`` ranks win; spectra always computed).
+
+    Returns a mapping layer name -> :class:`RankChoice`, with ``skipped_reason``
+    set for layers that will be left untouched.
+    """
+    how, arg = parse_rank_method(rank_method)
+    check_param("weaken", weaken, isinstance(weaken, (int, float)) and weaken > 0, "a float > 0",
+                "convert", exc=CaffeTuckerError)
+    fixed = fixed or {}
+    out = {}
+    for name, method in plan.items():
+        groups = kernel_groups(net, shapes, name, method)
+        spectra: dict[str, list] = {}
+        per_group = []
+        for kernel in groups:
+            mats = unfoldings(kernel.astype(np.float64, copy=False), method)
+            chosen = []
+            for mode, matrix in mats.items():
+                result = evbmf(matrix, weaken=weaken) if how == "vbmf" else None
+                values = result.singular_values if result is not None else \
+                    np.linalg.svd(matrix, compute_uv=False)
+                spectra.setdefault(mode, []).append(values)
+                chosen.append(result.rank if result is not None else
+                              _rank_of(values, matrix, how, arg, weaken))
+            per_group.append(tuple(chosen))
+        full = full_ranks(net, shapes, name, method)
+        if name in fixed:
+            ranks, source = fixed[name], "file"
+        else:
+            ranks = tuple(max(r[i] for r in per_group) for i in range(len(per_group[0])))
+            ranks = tuple(min(r, f) for r, f in zip(ranks, full))
+            source = rank_method
+        reason = None
+        if min(ranks) == 0:
+            reason = ("VBMF found no component above the estimated noise (rank 0); the layer is "
+                      "left untouched rather than clamped to rank 1")
+        else:
+            w, f = decomposed_cost(net, shapes, name, method, ranks)
+            before = shapes.layers[name]
+            w0 = prod(before.params[0])
+            f0 = _flops_of(net, shapes, name)
+            if sum(w) >= w0 or sum(f) >= f0:
+                reason = (f"ranks {list(ranks)} would not reduce both weights ({w0} -> {sum(w)}) "
+                          f"and FLOPs ({f0} -> {sum(f)})")
+        out[name] = RankChoice(layer=name, method=method, ranks=ranks, full=full,
+                               group_ranks=tuple(per_group), source=source,
+                               spectra={k: tuple(v) for k, v in spectra.items()},
+                               skipped_reason=reason)
+        if progress is not None:
+            progress.update(1, name)
+    return out
+
+
+def _flops_of(net: Net, shapes: ShapeInfo, name: str) -> int:
+    from .analyze import layer_cost
+
+    return layer_cost(net.layer(name), shapes).flops

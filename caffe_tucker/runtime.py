@@ -1,0 +1,668 @@
+"""Drive real BVLC Caffe (pycaffe) in its own interpreter, as a subprocess.
+
+The tool never imports caffe.  A :class:`CaffeRuntime` starts the Python that has pycaffe from a
+command prefix -- ``chroot /opt/caffe-root python3``, ``docker run --rm -i caffe-tucker:cpu
+python3``, ``conda run -n caffe python`` -- given explicitly or by ``$CAFFE_TUCKER_PYTHON``, runs
+:mod:`caffe_tucker.caffe_worker` in it and talks to it over its stdin/stdout (the framing is
+described in that module)::
+
+    with CaffeRuntime() as caffe:
+        print(caffe.hello()["caffe_version"])
+        out = caffe.forward(prototxt_text, caffemodel_bytes, {"data": x})   # {"prob": array}
+        timing = caffe.time(prototxt_text, caffemodel_bytes, batch=32, iterations=10)
+        trained = caffe.train(solver_text, train_net_text, {"data": x, "label": y})
+
+Every failure is a :class:`CaffeRuntimeError` with a one-line message that names the command:
+no runtime configured, a command that does not exist, an interpreter without caffe, a worker that
+Caffe aborted (the message carries glog's ``Check failed: ...`` line from the worker's stderr), a
+request Caffe refused, or a timeout (the worker is then killed).  After a worker dies the next
+request starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import caffe_worker as _proto
+from .errors import CaffeTuckerError
+
+__all__ = ["CaffeRuntime", "CaffeRuntimeError", "CaffeRuntimeUnavailable", "ENV_VAR",
+           "DEFAULT_TIMEOUT", "resolve_command", "runtime_available"]
+
+ENV_VAR = "CAFFE_TUCKER_PYTHON"
+DEFAULT_TIMEOUT = 600.0
+HOW_TO_GET_ONE = ("set CAFFE_TUCKER_PYTHON or pass --caffe-python, e.g. "
+                  "CAFFE_TUCKER_PYTHON=\"chroot /opt/caffe-root python3\" after "
+                  "'sudo docker/caffe-rootfs.sh /opt/caffe-root'")
+NO_RUNTIME = f"no Caffe runtime: {HOW_TO_GET_ONE}"
+_MAX_MESSAGE = 1200
+
+
+class CaffeRuntimeError(CaffeTuckerError):
+    """Caffe could not be run, or refused or failed a request.
+
+    Attributes
+    ----------
+    command : str or None
+        The command prefix that was run (shell-quoted), when there was one.
+    stderr_tail : list of str
+        The last lines the worker printed on stderr (Caffe's glog output), for ``--debug``.
+    """
+
+    def __init__(self, message: str, command: str | None = None, stderr_tail: Sequence[str] = ()):
+        super().__init__(_one_line(message))
+        self.command = command
+        self.stderr_tail = list(stderr_tail)
+
+
+class CaffeRuntimeUnavailable(CaffeRuntimeError):
+    """No usable Caffe: none configured, the command does not exist, or it has no caffe module."""
+
+
+def _one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
+    line = " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def resolve_command(command: str | Sequence[str] | os.PathLike | None = None) -> list[str]:
+    """The argv prefix of the Caffe interpreter: ``command``, else ``$CAFFE_TUCKER_PYTHON``.
+
+    A string is split like a shell would (``shlex``); a list is taken as it is.
+
+    Raises
+    ------
+    CaffeRuntimeUnavailable
+        When neither gives a command.
+    """
+    source = "command"
+    if command is None:
+        command = os.environ.get(ENV_VAR)
+        source = ENV_VAR
+    if command is None or (isinstance(command, str) and not command.strip()):
+        raise CaffeRuntimeUnavailable(NO_RUNTIME)
+    if isinstance(command, os.PathLike):
+        argv = [os.fspath(command)]
+    elif isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise CaffeRuntimeUnavailable(f"cannot split the Caffe runtime command {command!r} "
+                                          f"({source}): {exc}; hint: check its quoting") from None
+    else:
+        argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in command]
+    if not argv:
+        raise CaffeRuntimeUnavailable(NO_RUNTIME)
+    return argv
+
+
+# --------------------------------------------------------------------------------------------
+# The worker's stderr: read on a thread into a bounded buffer, so the worker never blocks on it.
+
+class _StderrTail:
+    def __init__(self, stream, max_lines: int, echo: bool):
+        self._lines: collections.deque = collections.deque(maxlen=max_lines)
+        self._count = 0
+        self._lock = threading.Lock()
+        self._echo = echo
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True,
+                                        name="caffe-worker-stderr")
+        self._thread.start()
+
+    def _run(self, stream):
+        try:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if len(line) > 4000:
+                    line = line[:4000] + "..."
+                with self._lock:
+                    self._lines.append(line)
+                    self._count += 1
+                if self._echo:
+                    print(line, file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._count
+
+    def lines(self, since: int = 0) -> list[str]:
+        """The buffered lines printed after the ``mark()`` ``since`` (as many as are kept)."""
+        with self._lock:
+            keep = min(len(self._lines), max(self._count - since, 0))
+            return list(self._lines)[len(self._lines) - keep:]
+
+    def join(self, timeout: float):
+        self._thread.join(timeout)
+
+
+_GLOG = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ ([^\]]+)\] ?(.*)$")
+_PROTOBUF = re.compile(r"^\[libprotobuf (?:ERROR|FATAL) ([^\]]+)\] ?(.*)$")
+_NOISE = re.compile(r"^(\*\*\* Check failure stack trace: \*\*\*|\s*@\s+0x[0-9a-f]+|"
+                    r"\*\*\* (Aborted|SIGABRT|SIGSEGV).*|PC: @.*|Aborted.*)", re.I)
+
+
+def caffe_messages(lines: Sequence[str]) -> list[str]:
+    """Caffe's own error lines in its stderr: glog ERROR/FATAL (``Check failed: ...``) and
+    protobuf parse errors, as ``message [file:line]``, without repeats."""
+    found = []
+    for line in lines:
+        m = _GLOG.match(line)
+        if m and m.group(1) in "EF":
+            found.append(f"{m.group(3)} [{m.group(2)}]")
+            continue
+        m = _PROTOBUF.match(line)
+        if m:
+            found.append(f"{m.group(2)} [{m.group(1)}]")
+    return list(dict.fromkeys(found))
+
+
+def caffe_reason(lines: Sequence[str]) -> str:
+    """Pick what Caffe said about a failure out of its stderr: :func:`caffe_messages`, else a
+    Python exception line, else the first and last lines."""
+    found = caffe_messages(lines)
+    if found:
+        return " | ".join(found)
+    meaningful = [ln.strip() for ln in lines if ln.strip() and not _NOISE.match(ln)]
+    if not meaningful:
+        return "it printed nothing on stderr"
+    for line in reversed(meaningful):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit)\b.*:", line):
+            return line
+    if len(meaningful) <= 3:
+        return " | ".join(meaningful)
+    return f"{meaningful[0]} | ... | {meaningful[-1]}"
+
+
+
+def _describe_status(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code in (128 + signal.SIGABRT, 128 + signal.SIGSEGV, 128 + signal.SIGKILL):
+        return f"exit status {code}, i.e. {signal.Signals(code - 128).name}"
+    return f"exit status {code}"
+
+
+def _kill_group(proc: subprocess.Popen):
+    """Kill the worker and whatever the command prefix started with it (conda run, sudo)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def _net_sources(prototxt, caffemodel) -> tuple[str, bytes | None]:
+    """Prototxt text and caffemodel bytes from text/bytes, paths, or a caffe_tucker Net."""
+    from .graph import Net
+
+    if isinstance(prototxt, Net):
+        from .emit import caffemodel_chunks, prototxt_text
+        net = prototxt
+        prototxt = prototxt_text(net)
+        if caffemodel is None and any(layer.blobs for layer in net.layers):
+            caffemodel = b"".join(bytes(c) for c in caffemodel_chunks(net))
+    elif isinstance(prototxt, os.PathLike):
+        prototxt = Path(prototxt).read_text()
+    elif isinstance(prototxt, bytes):
+        prototxt = prototxt.decode("utf-8")
+    elif not isinstance(prototxt, str):
+        raise TypeError(f"prototxt must be text, a path or a Net, not {type(prototxt).__name__}")
+    if isinstance(caffemodel, os.PathLike):
+        caffemodel = Path(caffemodel).read_bytes()
+    elif caffemodel is not None and not isinstance(caffemodel, (bytes, bytearray, memoryview)):
+        raise TypeError("caffemodel must be bytes, a path or None, not "
+                        f"{type(caffemodel).__name__}")
+    return prototxt, caffemodel
+
+
+class CaffeRuntime:
+    """A pycaffe worker process, started from a command prefix (see the module docstring).
+
+    Parameters
+    ----------
+    command : str, list of str, or None
+        The interpreter with pycaffe, as a shell-like string or an argv list; ``None`` takes
+        ``$CAFFE_TUCKER_PYTHON``.  The worker is started as ``command + ["-c", BOOTSTRAP]``.
+    timeout : float
+        Seconds one request (and the start) may take before the worker is killed.
+    echo_stderr : bool
+        Also copy the worker's stderr (Caffe's log) to this process's stderr.
+    stderr_lines : int
+        How many of the worker's last stderr lines are kept for messages.
+
+    The worker starts on the first request (or on ``start()`` / entering the ``with`` block) and
+    is restarted after it died.  Requests are serialised; one worker serves them all.
+    """
+
+    def __init__(self, command: str | Sequence[str] | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT, echo_stderr: bool = False,
+                 stderr_lines: int = 200, env: Mapping[str, str] | None = None):
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise ValueError("The 'timeout' parameter of CaffeRuntime must be a number of seconds "
+                             f"> 0. Got {timeout!r} instead.")
+        self.argv = resolve_command(command)
+        self.command = shlex.join(self.argv)
+        self.timeout = float(timeout)
+        self.echo_stderr = echo_stderr
+        self.stderr_lines = int(stderr_lines)
+        self.env = dict(env) if env is not None else None
+        self.ready: dict | None = None      # the worker's ready message
+        self._proc: subprocess.Popen | None = None
+        self._stderr: _StderrTail | None = None
+        self._lock = threading.RLock()
+        self._timed_out = False
+        self._net_key: str | None = None
+        self._last_sources: tuple | None = None  # (text, weights object, key): skips rehashing
+        self._finalizer = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> "CaffeRuntime":
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "running" if self.alive else "stopped"
+        return f"CaffeRuntime({self.command!r}, {state})"
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the started command (the worker itself, or its wrapper)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def stderr_tail(self, n: int = 20) -> list[str]:
+        """The worker's last ``n`` stderr lines (Caffe's log)."""
+        return self._stderr.lines()[-n:] if self._stderr is not None else []
+
+    def _env(self) -> dict:
+        env = dict(os.environ if self.env is None else self.env)
+        env.pop("PYTHONHOME", None)  # this interpreter's, never the other one's
+        env.setdefault("GLOG_minloglevel", "2")
+        env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+        return env
+
+    def start(self) -> dict:
+        """Start the worker (if it is not running) and return its ready message."""
+        with self._lock:
+            if self.alive and self.ready is not None:
+                return self.ready
+            self._discard()
+            argv = self.argv + ["-c", _proto.BOOTSTRAP]
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=self._env(),
+                                        start_new_session=True, close_fds=True)
+            except FileNotFoundError as exc:
+                raise CaffeRuntimeUnavailable(
+                    f"cannot run the Caffe runtime `{self.command}`: {self.argv[0]!r} not found "
+                    f"({exc.strerror}); {HOW_TO_GET_ONE}", self.command) from None
+            except OSError as exc:
+                raise CaffeRuntimeUnavailable(
+                    f"cannot run the Caffe runtime `{self.command}`: {exc.strerror or exc}; "
+                    f"{HOW_TO_GET_ONE}", self.command) from None
+            self._proc = proc
+            self._stderr = _StderrTail(proc.stderr, self.stderr_lines, self.echo_stderr)
+            self._finalizer = weakref.finalize(self, _kill_group, proc)
+            self._net_key = None
+            source = Path(_proto.__file__).read_bytes()
+            ready = self._exchange("start", lambda out: out.write(b"%d\n" % len(source) + source))
+            if ready.get("type") != "ready":
+                self._fail_protocol("start", repr(ready)[:200])
+            if not ready.get("ok"):
+                error = ready.get("error", "unknown error")
+                self.close()
+                python = (f"Python {ready.get('python_version', '?')} at "
+                          f"{ready.get('python_executable', '?')}")
+                raise CaffeRuntimeUnavailable(
+                    f"the Caffe runtime `{self.command}` cannot import caffe: {error} ({python}); "
+                    f"hint: point {ENV_VAR} (or --caffe-python) at a Python with pycaffe, e.g. "
+                    "\"chroot /opt/caffe-root python3\" after 'sudo docker/caffe-rootfs.sh "
+                    "/opt/caffe-root'", self.command)
+            self.ready = ready
+            return ready
+
+    def close(self):
+        """Ask the worker to quit, and kill it if it does not within a few seconds."""
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            if proc.poll() is None:
+                try:
+                    _proto.write_message(proc.stdin, {"type": "quit"})
+                except (OSError, ValueError):
+                    pass
+                try:
+                    proc.stdin.close()
+                except (OSError, ValueError):
+                    pass
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+            self._discard()
+
+    def kill(self):
+        """Kill the worker now (the next request starts a new one)."""
+        with self._lock:
+            if self._proc is not None:
+                _kill_group(self._proc)
+            self._discard()
+
+    def _discard(self):
+        proc, self._proc = self._proc, None
+        self.ready = None
+        self._net_key = None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _kill_group(proc)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        if self._stderr is not None:
+            self._stderr.join(2)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    # -- one exchange ---------------------------------------------------------------------------
+    def _on_timeout(self, proc):
+        self._timed_out = True
+        _kill_group(proc)
+
+    def _exchange(self, what: str, send) -> dict:
+        """Run ``send(stdin)`` and read one message, under the timeout; raise if the worker dies."""
+        proc = self._proc
+        mark = self._stderr.mark()
+        self._timed_out = False
+        timer = threading.Timer(self.timeout, self._on_timeout, args=(proc,))
+        timer.daemon = True
+        timer.start()
+        garbage = None
+        try:
+            try:
+                send(proc.stdin)
+                proc.stdin.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker is gone: reading tells why
+            try:
+                message = _proto.read_message(proc.stdout)
+            except (EOFError, OSError, ValueError):
+                message = None
+            except _proto.ProtocolError as exc:
+                garbage = exc.args[0]
+                message = None
+        finally:
+            timer.cancel()
+        if message is None:
+            if garbage is not None:
+                self._fail_protocol(what, garbage, mark)
+            self._fail_dead(what, mark)
+        return message
+
+    def _fail_dead(self, what: str, mark: int):
+        proc = self._proc
+        timed_out = self._timed_out
+        if not timed_out:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        status = _describe_status(proc.poll())
+        self._stderr.join(3 if proc.poll() is not None else 0.2)
+        lines = self._stderr.lines(mark) or self._stderr.lines()
+        command = self.command
+        self._discard()
+        if timed_out:
+            doing = "start" if what == "start" else f"finish {what}"
+            raise CaffeRuntimeError(
+                f"the Caffe worker `{command}` did not {doing} within {self.timeout:g} s and was "
+                "killed; hint: raise the timeout for larger nets or more iterations",
+                command, lines)
+        during = "while starting" if what == "start" else f"during {what}"
+        reason = caffe_reason(lines)
+        if status.endswith("SIGABRT") and caffe_messages(lines):
+            # A CHECK failure or a glog FATAL: Caffe's own way of refusing the net or its inputs.
+            raise CaffeRuntimeError(f"Caffe aborted {during}: {reason} (worker `{command}`)",
+                                    command, lines)
+        raise CaffeRuntimeError(f"the Caffe worker `{command}` died {during} ({status}): {reason}",
+                                command, lines)
+
+    def _fail_protocol(self, what: str, garbage, mark: int = 0):
+        proc = self._proc
+        _kill_group(proc)
+        rest = b""
+        try:
+            rest = proc.stdout.read(300) or b""
+        except (OSError, ValueError):
+            pass
+        if isinstance(garbage, bytes):
+            garbage = (garbage + rest).decode("utf-8", "replace")
+        command = self.command
+        lines = self._stderr.lines(mark)
+        self._discard()
+        raise CaffeRuntimeError(
+            f"`{command}` did not answer the caffe_tucker worker protocol ({what}); it printed "
+            f"{garbage[:200]!r} on stdout; hint: the command must start a Python interpreter and "
+            "keep its stdout to itself (stderr: " + caffe_reason(lines) + ")", command, lines)
+
+    def _request(self, what: str, message: dict) -> dict:
+        with self._lock:
+            self.start()
+            response = self._exchange(what, lambda out: _proto.write_message(out, message))
+            if "net_key" in response:
+                self._net_key = response["net_key"]
+            return response
+
+    def _raise_refused(self, what: str, response: dict):
+        lines = self._stderr.lines() if self._stderr is not None else []
+        raise CaffeRuntimeError(f"Caffe {what} failed: {response.get('error', 'unknown error')} "
+                                f"(worker `{self.command}`)", self.command, lines)
+
+    def _request_net(self, what: str, message: dict, prototxt, caffemodel) -> dict:
+        """Send a request about a net; the net itself only when the worker does not hold it."""
+        text, weights = _net_sources(prototxt, caffemodel)
+        last = self._last_sources
+        if last is not None and last[0] == text and last[1] is weights:
+            key = last[2]
+        else:
+            digest = hashlib.sha1(text.encode("utf-8"))
+            digest.update(b"\0weights\0" if weights is not None else b"\0none\0")
+            if weights is not None:
+                digest.update(weights)
+            key = digest.hexdigest()
+            self._last_sources = (text, weights, key)
+        with self._lock:
+            if self.alive and self._net_key == key:
+                response = self._request(what, dict(message, net_key=key))
+                if response.get("ok") or response.get("code") != "net_not_loaded":
+                    return response
+            full = dict(message, net_key=key, prototxt=text)
+            if weights is not None:
+                full["caffemodel"] = weights
+            return self._request(what, full)
+
+    # -- requests -------------------------------------------------------------------------------
+    def hello(self) -> dict:
+        """Versions of Caffe, Python and numpy in the worker, and Caffe's layer types.
+
+        Returns ``{"caffe_version", "caffe_path", "python_version", "python_executable",
+        "numpy_version", "protocol", "pid", "nets_loaded", "layer_types"}``.
+        """
+        response = self._request("hello", {"type": "hello"})
+        if not response.get("ok"):
+            self._raise_refused("hello", response)
+        return {k: v for k, v in response.items() if k not in ("ok", "net_key")}
+
+    def forward(self, prototxt, caffemodel=None, inputs: Mapping[str, np.ndarray] | None = None,
+                blobs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run one TEST-phase forward pass in Caffe (CPU) and return blobs.
+
+        Parameters
+        ----------
+        prototxt : str, path or Net
+            The net definition as prototxt *text* (or a path to read, or a caffe_tucker ``Net``,
+            whose blobs become the weights when ``caffemodel`` is None).
+        caffemodel : bytes, path or None
+            Binary ``.caffemodel`` contents; None keeps the weights Caffe's fillers draw.
+        inputs : dict of str to array
+            An array for every input blob of the net; each input is reshaped to its array.
+        blobs : list of str, optional
+            The blobs to return (default: the net's outputs).
+
+        Returns
+        -------
+        dict of str to float32 ndarray, in the order asked for.
+        """
+        arrays = {str(k): np.ascontiguousarray(v, dtype=np.float32)
+                  for k, v in (inputs or {}).items()}
+        message = {"type": "forward", "inputs": arrays,
+                   "blobs": None if blobs is None else [str(b) for b in blobs]}
+        response = self._request_net("forward", message, prototxt, caffemodel)
+        if not response.get("ok"):
+            self._raise_refused("forward", response)
+        return {name: response["blobs"][name] for name in response["order"]}
+
+    def time(self, prototxt, caffemodel=None, batch: int = 1, iterations: int = 10,
+             warmup: int = 2) -> dict:
+        """Time the forward pass in Caffe (CPU), layer by layer, on random inputs.
+
+        Each iteration times every layer alone (``net._forward(i, i)``) and then the whole net;
+        the medians over ``iterations`` are returned, after ``warmup`` untimed passes.
+
+        Returns
+        -------
+        dict
+            ``{"layers": [{"name", "type", "ms"}, ...] (in net order), "forward_ms",
+            "layers_sum_ms", "batch", "iterations", "warmup", "input_shapes"}``.
+        """
+        for name, value, low in (("batch", batch, 1), ("iterations", iterations, 1),
+                                 ("warmup", warmup, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"The '{name}' parameter of CaffeRuntime.time must be an int "
+                                 f">= {low}. Got {value!r} instead.")
+        message = {"type": "time", "batch": batch, "iterations": iterations, "warmup": warmup}
+        response = self._request_net("time", message, prototxt, caffemodel)
+        if not response.get("ok"):
+            self._raise_refused("time", response)
+        return {k: v for k, v in response.items() if k not in ("ok", "net_key")}
+
+
+    def train(self, solver, net, inputs: Mapping[str, np.ndarray], caffemodel=None, *,
+              seed: int | None = None, shuffle: bool = True,
+              timeout: float | None = None) -> dict:
+        """Train a net in Caffe (CPU) with a solver, feeding its Input blobs from arrays.
+
+        Parameters
+        ----------
+        solver : str or path
+            SolverParameter prototxt text (or a path to read): the lr policy, momentum, weight
+            decay, ``max_iter``, ``random_seed`` and so on.  Its net fields, test nets and
+            snapshot settings are ignored; ``iter_size`` must be 1.
+        net : str, path or Net
+            The train net.  Its inputs are Input layers whose first dimension is the batch size,
+            e.g. ``data`` (B, C, H, W) and ``label`` (B,), followed by a loss layer.
+        inputs : dict of str to array
+            One array per input blob of the net, all with the same first dimension N (the
+            samples), e.g. ``{"data": X (N, C, H, W), "label": y (N,)}``, as float32.
+        caffemodel : bytes, path or None
+            Initial weights, copied by layer name (``Net.copy_from``); None keeps the fillers'.
+        seed : int, optional
+            Overrides the solver's ``random_seed`` and seeds the shuffling (numpy
+            ``RandomState(seed)``; 0 when None): the same seed gives the same weights.
+        shuffle : bool
+            Draw each epoch in a fresh random order (else in the order given).
+        timeout : float, optional
+            Seconds this request may take (default: the runtime's ``timeout``).
+
+        Returns
+        -------
+        dict
+            ``{"caffemodel": bytes (the trained train net, net.save), "iterations": int array
+            1..max_iter, "loss": float32 array (the weighted loss after each iteration),
+            "outputs": {scalar output blob: float32 array}, "batch", "max_iter", "seconds"}``.
+        """
+        if isinstance(solver, os.PathLike):
+            solver = Path(solver).read_text()
+        elif isinstance(solver, bytes):
+            solver = solver.decode("utf-8")
+        if not isinstance(solver, str):
+            raise TypeError(f"solver must be prototxt text or a path, not {type(solver).__name__}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError("The 'seed' parameter of CaffeRuntime.train must be an int >= 0 or "
+                             f"None. Got {seed!r} instead.")
+        if timeout is not None and (not isinstance(timeout, (int, float))
+                                    or isinstance(timeout, bool) or not timeout > 0):
+            raise ValueError("The 'timeout' parameter of CaffeRuntime.train must be a number of "
+                             f"seconds > 0 or None. Got {timeout!r} instead.")
+        text, weights = _net_sources(net, caffemodel)
+        arrays = {str(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        message = {"type": "train", "solver": solver, "net": text, "inputs": arrays,
+                   "seed": seed, "shuffle": bool(shuffle)}
+        if weights is not None:
+            message["caffemodel"] = weights
+        with self._lock:
+            saved = self.timeout
+            if timeout is not None:
+                self.timeout = float(timeout)
+            try:
+                response = self._request("train", message)
+            finally:
+                self.timeout = saved
+        if not response.get("ok"):
+            self._raise_refused("train", response)
+        result = {k: v for k, v in response.items() if k not in ("ok", "net_key")}
+        result["caffemodel"] = bytes(result["caffemodel"])
+        return result
+
+
+def runtime_available(command: str | Sequence[str] | None = None,
+                      timeout: float = 120.0) -> str | None:
+    """None when a Caffe runtime can be started and answers hello; else the one-line reason."""
+    try:
+        with CaffeRuntime(command, timeout=timeout) as runtime:
+            runtime.hello()
+    except CaffeRuntimeError as exc:
+        return str(exc)
+    return None

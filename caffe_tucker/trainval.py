@@ -1,0 +1,158 @@
+"""Stage 6, emit (fine-tuning files): the train_val net and the paper's solver.
+
+The paper fine-tunes the whole compressed network once, with base learning
+rate 1e-3 divided by 10 every 5 epochs (Sec. 3.3), batch 128/128/64/32 for
+AlexNet/VGG-S/GoogLeNet/VGG-16.  This module writes:
+
+* a train_val net: the user's own train_val (``--train-val``) rewritten like
+  the deploy, or one built from the deploy: two ``Data`` layers (TRAIN and
+  TEST phases, LMDB, the zoo model's crop/mean/mirror), the deploy's layers
+  without its final Softmax, a ``SoftmaxWithLoss`` and top-1/top-5
+  ``Accuracy`` layers (TEST);
+* a solver with the paper's schedule expressed in iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf import text_format
+
+from .caffe_pb2 import SolverParameter
+from .errors import CaffeTuckerError, check_param
+from .graph import Layer, Net, make_spec
+
+__all__ = ["PLACEHOLDER_TRAIN", "PLACEHOLDER_VAL", "build_train_val", "build_solver", "solver_text"]
+
+PLACEHOLDER_TRAIN = "PLACEHOLDER/path/to/train_lmdb"
+PLACEHOLDER_VAL = "PLACEHOLDER/path/to/val_lmdb"
+IMAGENET_TRAIN_IMAGES = 1281167
+IMAGENET_VAL_IMAGES = 50000
+
+
+def _input_layer(net: Net) -> Layer:
+    for layer in net.layers:
+        if layer.type == "Input":
+            return layer
+    raise CaffeTuckerError(f"{net.source}: the deploy net has no Input layer to turn into Data "
+                           "layers; hint: pass your own --train-val")
+
+
+def build_train_val(deploy: Net, batch_size: int, preprocess: dict | None = None,
+                    train_source: str | None = None, val_source: str | None = None,
+                    val_batch_size: int | None = None) -> Net:
+    """A train_val net built from a (compressed or not) deploy net.
+
+    ``preprocess`` may hold ``crop_size``, ``mean_bgr`` (per-channel means),
+    ``scale`` and ``mirror``, as in the zoo metadata.
+    """
+    check_param("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0,
+                "an int > 0", "convert", exc=CaffeTuckerError)
+    inp = _input_layer(deploy)
+    if len(inp.tops) != 1:
+        raise CaffeTuckerError(f"{deploy.source}: the deploy net has {len(inp.tops)} inputs; a "
+                               "train_val can only be built for one image input; hint: pass --train-val")
+    data = inp.tops[0]
+    pre = preprocess or {}
+    layers = list(deploy.layers)
+    logits = layers[-1].tops[0]
+    if layers[-1].type == "Softmax":
+        logits = layers[-1].bottoms[0]
+        layers = layers[:-1]
+    body = [l for l in layers if l is not inp]
+
+    def data_layer(phase: str, source: str | None, batch: int, mirror: bool) -> Layer:
+        transform = {}
+        if pre.get("crop_size"):
+            transform["crop_size"] = int(pre["crop_size"])
+        if pre.get("mean_bgr"):
+            transform["mean_value"] = [float(v) for v in pre["mean_bgr"]]
+        if pre.get("scale") not in (None, 1, 1.0):
+            transform["scale"] = float(pre["scale"])
+        if mirror:
+            transform["mirror"] = True
+        spec = make_spec(f"data_{phase.lower()}", "Data", [], [data, "label"],
+                         include=[{"phase": 0 if phase == "TRAIN" else 1}],
+                         transform_param=transform,
+                         data_param={"source": source or (PLACEHOLDER_TRAIN if phase == "TRAIN"
+                                                          else PLACEHOLDER_VAL),
+                                     "batch_size": batch, "backend": 1})
+        return Layer(spec=spec)
+
+    train = data_layer("TRAIN", train_source, batch_size, bool(pre.get("mirror", False)))
+    test = data_layer("TEST", val_source, val_batch_size or batch_size, False)
+    loss = Layer(spec=make_spec("loss", "SoftmaxWithLoss", [logits, "label"], ["loss"]))
+    top1 = Layer(spec=make_spec("accuracy_top1", "Accuracy", [logits, "label"], ["accuracy_top1"],
+                                include=[{"phase": 1}]))
+    top5 = Layer(spec=make_spec("accuracy_top5", "Accuracy", [logits, "label"], ["accuracy_top5"],
+                                include=[{"phase": 1}], accuracy_param={"top_k": 5}))
+    return deploy.with_layers([train, test] + body + [loss, top1, top5])
+
+
+def build_solver(batch_size: int, train_images: int = IMAGENET_TRAIN_IMAGES,
+                 val_images: int = IMAGENET_VAL_IMAGES, epochs: float = 15,
+                 val_batch_size: int | None = None, net: str = "train_val.prototxt",
+                 snapshot_prefix: str = "snapshots/finetune", step_epochs: float = 5,
+                 base_lr: float = 0.001) -> SolverParameter:
+    """The paper's schedule: lr 1e-3, ÷10 every ``step_epochs`` epochs, ``epochs`` epochs in all."""
+    for name, value in (("batch_size", batch_size), ("train_images", train_images),
+                        ("val_images", val_images)):
+        check_param(name, value, isinstance(value, int) and value > 0, "an int > 0", "convert",
+                    exc=CaffeTuckerError)
+    check_param("epochs", epochs, epochs > 0, "a number > 0", "convert", exc=CaffeTuckerError)
+    per_epoch = math.ceil(train_images / batch_size)
+    val_batch = val_batch_size or batch_size
+    solver = SolverParameter()
+    solver.net = net
+    solver.test_iter.append(math.ceil(val_images / val_batch))
+    solver.test_interval = per_epoch
+    solver.test_initialization = True
+    solver.base_lr = base_lr
+    solver.lr_policy = "step"
+    solver.gamma = 0.1
+    solver.stepsize = max(1, round(step_epochs * per_epoch))
+    solver.max_iter = max(1, round(epochs * per_epoch))
+    solver.momentum = 0.9
+    solver.weight_decay = 0.0005
+    solver.display = max(1, min(100, per_epoch // 10))
+    solver.average_loss = solver.display
+    solver.snapshot = per_epoch
+    solver.snapshot_prefix = snapshot_prefix
+    solver.solver_mode = SolverParameter.CPU
+    return solver
+
+
+def solver_text(solver: SolverParameter, comment: str = "") -> str:
+    head = "".join(f"# {line}\n" for line in comment.splitlines())
+    return head + text_format.MessageToString(solver, as_utf8=True)
+
+
+DATA_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData"})
+_TRAINING_ONLY = frozenset({"SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
+                            "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss",
+                            "ContrastiveLoss", "Accuracy", "Silence"})
+
+
+def is_train_val(net: Net) -> bool:
+    """Whether a (phase-filtered) net reads data layers rather than Input blobs."""
+    return any(l.type in DATA_TYPES for l in net.layers) and not any(
+        l.type == "Input" for l in net.layers)
+
+
+def deploy_from_train_val(net: Net, shapes) -> Net:
+    """The deploy net of a phase-filtered train_val: data layers become ``Input`` layers of
+    their inferred shape (first top only), and the label blobs, losses and accuracies go."""
+    layers = []
+    dropped: set[str] = set()
+    for layer in net.layers:
+        if layer.type in DATA_TYPES:
+            top = layer.tops[0]
+            spec = make_spec(layer.name, "Input", [], [top],
+                             input_param={"shape": [{"dim": list(shapes.blobs[top])}]})
+            layers.append(Layer(spec=spec, line=layer.line))
+            dropped.update(layer.tops[1:])
+        elif layer.type in _TRAINING_ONLY or any(b in dropped for b in layer.bottoms):
+            dropped.update(t for t in layer.tops if t not in layer.bottoms)
+        else:
+            layers.append(layer)
+    return net.with_layers(layers)
