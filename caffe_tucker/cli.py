@@ -49,6 +49,14 @@ def _add_convert_args(p):
     p.add_argument("--input-shape", action="append", metavar="[BLOB=]N,C,H,W")
 
 
+def _add_caffe_args(p):
+    p.add_argument("--caffe-python", metavar="CMD",
+                   help="command that runs pycaffe's Python, e.g. 'chroot /opt/caffe-root python3' "
+                   "(default: $CAFFE_TUCKER_PYTHON)")
+    p.add_argument("--caffe-timeout", type=float, default=600, metavar="S",
+                   help="give up on a Caffe call after S seconds (default 600)")
+
+
 def _convert_options(args, **extra):
     from .convert import ConvertOptions, load_ranks_file
     from .shapes import parse_input_shapes
@@ -96,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_args(p)
     p.add_argument("--format", "-f", default="table", choices=["table", "markdown", "csv", "json"])
     p.set_defaults(func=cmd_ranks)
+
+    p = sub.add_parser("verify", help="check a compressed net against the original in real Caffe")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a convert output directory, or ORIG.prototxt ORIG.caffemodel NEW.prototxt NEW.caffemodel")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", metavar="DIR", help="feed these images (preprocessed like the zoo model)")
+    src.add_argument("--random", type=int, default=2, metavar="N", help="feed N random inputs (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", "-f", default="table", choices=["table", "markdown", "csv", "json"])
+    _add_caffe_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("bench", help="time the original and the compressed net in real Caffe")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="as for verify")
+    p.add_argument("--batch", default="1", metavar="B1,B2", help="batch sizes (default 1)")
+    p.add_argument("--iterations", type=int, default=20, help="timed passes per repetition")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians)")
+    p.add_argument("--format", "-f", default="table", choices=["table", "markdown", "csv", "json"])
+    p.add_argument("--png", metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
+    _add_caffe_args(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("init", help="write random weights drawn from each layer's fillers")
     p.add_argument("prototxt")
@@ -150,7 +179,7 @@ def cmd_convert(args) -> int:
     options = _convert_options(
         args, train_val=args.train_val, train_source=args.train_source, val_source=args.val_source,
         batch_size=args.batch_size, train_images=args.train_images, val_images=args.val_images,
-        epochs=args.epochs)
+        epochs=args.epochs, spectra=not args.no_plot)
     proto = Path(args.prototxt)
     out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_tucker"
     from .convert import _check_out_dir
@@ -202,6 +231,86 @@ def cmd_ranks(args) -> int:
     if args.format == "table":
         print(f"preset {preset}")
     sys.stdout.write(render(cols, rows, args.format))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .report import Column, render
+    from .runtime import CaffeRuntime
+    from .verify import resolve_verify_args, verify
+
+    o_proto, o_w, n_proto, n_w, report, preset = resolve_verify_args(args.paths)
+    preprocess = None
+    if preset and preset != "auto":
+        from .zoo import zoo_model
+        preprocess = zoo_model(preset).get("preprocess")
+    with CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout) as rt:
+        result = verify(rt, o_proto, o_w, n_proto, n_w, report, images=args.images,
+                        random=args.random, seed=args.seed, preprocess=preprocess)
+    if args.format == "json":
+        from .report import dumps_json
+        sys.stdout.write(dumps_json(result.to_dict()))
+    else:
+        fmt = lambda v: "" if v is None else f"{v:.3g}"
+        pct = lambda v: "" if v is None else f"{100 * v:.1f}%"
+        cols = [Column("check", "check"), Column("blob", "blob"), Column("max abs", "max_abs", fmt, ">"),
+                Column("max rel", "max_rel", fmt, ">"), Column("top-1 agree", "top1_agreement", pct, ">"),
+                Column("top-5 agree", "top5_agreement", pct, ">")]
+        rows = [{"check": "vs original", **c.to_dict()} for c in result.approximation]
+        rows += [{"check": "vs reconstruction", **c.to_dict()} for c in result.decomposition]
+        print(f"inputs: {', '.join(f'{k} {chr(120).join(map(str, v))}' for k, v in result.inputs.items())}; "
+              f"compressed layers: {', '.join(result.compressed_layers) or 'none'}")
+        sys.stdout.write(render(cols, rows, args.format))
+    print("PASSED" if result.passed else
+          "FAILED: the compressed net does not compute its own decomposition (a bug, not approximation)")
+    return 0 if result.passed else 1
+
+
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from .bench import bench, bench_png
+    from .fsutil import write_atomic
+    from .read import read_net
+    from .report import Column, dumps_json, render
+    from .runtime import CaffeRuntime
+    from .shapes import fit_weights, infer_shapes
+    from .verify import _report_from_nets, resolve_verify_args
+
+    o_proto, o_w, n_proto, n_w, report, _ = resolve_verify_args(args.paths)
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        from .errors import check_param
+        check_param("batch", args.batch, False, "positive integers separated by commas", "bench",
+                    exc=CaffeTuckerError)
+    nets = []
+    for proto, w in ((o_proto, o_w), (n_proto, n_w)):
+        net = read_net(proto, w).for_state("TEST")
+        nets.append(fit_weights(net, infer_shapes(net)))
+    report = report or _report_from_nets(*nets)
+    with CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout) as rt:
+        result = bench(rt, nets[0], nets[1], report, batches, args.iterations, args.repeats)
+    png = args.png or (Path(args.paths[0]) / "bench.png" if len(args.paths) == 1 else None)
+    if png:
+        write_atomic(png, bench_png(result), force=True)
+    if args.format == "json":
+        sys.stdout.write(dumps_json({str(b): r for b, r in result["batches"].items()}))
+        return 0
+    ms = lambda v: "" if v is None else f"{v:.2f}"
+    x = lambda v: "" if v is None else f"x{v:.2f}"
+    cols = [Column("layer", "name"), Column("method", "method", lambda v: v or ""),
+            Column("original ms", "original_ms", ms, ">"), Column("compressed ms", "compressed_ms", ms, ">"),
+            Column("(= parts)", "parts_ms", lambda v: "(=" + "+".join(f"{p:.2f}" for p in v) + ")" if v else ""),
+            Column("speed-up", "speedup", x, ">"), Column("FLOPs ratio", "theoretical", x, ">"),
+            Column("quotient", "quotient", lambda v: "" if v is None else f"{v:.2f}", ">")]
+    for batch, r in result["batches"].items():
+        print(f"batch {batch} (Caffe CPU, medians of {args.repeats} alternating runs x {args.iterations} passes)")
+        sys.stdout.write(render(cols, r["layers"], args.format, footer={"name": "whole net", **r["total"]}))
+    if png:
+        print(f"wrote {png}")
     return 0
 
 

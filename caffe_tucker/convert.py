@@ -51,6 +51,7 @@ class ConvertOptions:
     train_images: int = IMAGENET_TRAIN_IMAGES
     val_images: int = IMAGENET_VAL_IMAGES
     epochs: float = 15
+    spectra: bool = True               # singular values for the report's plot
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,7 +183,7 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     t0 = time.perf_counter()
     with Progress(len(plan), "select ranks") as bar:
         choices = select_ranks(net, shapes, plan, options.rank_method, options.weaken, fixed,
-                               progress=bar if progress else None)
+                               progress=bar if progress else None, spectra=options.spectra)
     timings["ranks"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

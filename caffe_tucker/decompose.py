@@ -45,7 +45,7 @@ from .graph import Net
 from .ranks import RankChoice, kernel_groups
 from .shapes import ShapeInfo
 
-__all__ = ["Decomposition", "decompose_layer", "tucker2", "tucker1", "svd_factors",
+__all__ = ["Decomposition", "decompose_layer", "kernel_from_new_layers", "tucker2", "tucker1", "svd_factors",
            "reconstruct", "HOOI_MAX_ITER", "HOOI_TOL"]
 
 #: HOOI stops after this many sweeps, or when the relative error changes by less than HOOI_TOL.
@@ -201,3 +201,32 @@ def decompose_layer(net: Net, shapes: ShapeInfo, choice: RankChoice) -> Decompos
         blobs = ((core.astype(f32),), (u.astype(f32),) + tuple(bias))
     return Decomposition(layer=choice.layer, method=method, ranks=choice.ranks,
                          groups=tuple(tuple(g) for g in groups), blobs=blobs, rel_error=rel)
+
+
+def kernel_from_new_layers(method: str, blobs: list, group: int = 1) -> np.ndarray:
+    """The full original-layout kernel that emitted new layers compute (all groups).
+
+    ``blobs`` holds each new layer's blobs in order, as written to the
+    caffemodel; this inverts the layout of :func:`decompose_layer`.  For a
+    fully connected layer decomposed with Tucker-2 the result has the
+    convolution shape ``(N, C, H, W)``; reshape it to ``(N, K)``.
+    """
+    if method == "svd":
+        first, last = blobs[0][0], blobs[1][0]
+        return reconstruct("svd", (first.astype(np.float64), last.astype(np.float64)))
+    groups = []
+    if method == "tucker2":
+        first, middle, last = (b[0].astype(np.float64) for b in blobs)
+        r3, r4, tg = first.shape[0] // group, middle.shape[0] // group, last.shape[0] // group
+        for k in range(group):
+            u3 = first[k * r3:(k + 1) * r3, :, 0, 0].T
+            core = middle[k * r4:(k + 1) * r4]
+            u4 = last[k * tg:(k + 1) * tg, :, 0, 0]
+            groups.append(reconstruct("tucker2", (u3, core, u4)))
+    else:
+        first, last = (b[0].astype(np.float64) for b in blobs)
+        r4, tg = first.shape[0] // group, last.shape[0] // group
+        for k in range(group):
+            groups.append(reconstruct("tucker1", (first[k * r4:(k + 1) * r4],
+                                                  last[k * tg:(k + 1) * tg, :, 0, 0])))
+    return np.concatenate(groups)

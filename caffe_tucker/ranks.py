@@ -21,7 +21,8 @@ Rank methods
 
 A rank of 0 (VBMF finds no component above the noise) is never clamped to
 1: the layer is left untouched and the report says why.  So is a layer whose
-ranks would not reduce both its weights and its FLOPs.
+chosen ranks would not reduce both its weights and its FLOPs (ranks fixed by
+the user are applied as given, full rank included).
 """
 
 from __future__ import annotations
@@ -191,8 +192,13 @@ def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
 
 
 def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vbmf",
-                 weaken: float = 1.0, fixed: dict | None = None, progress=None) -> dict[str, RankChoice]:
-    """Choose ranks for every layer of ``plan`` (``fixed`` ranks win; spectra always computed).
+                 weaken: float = 1.0, fixed: dict | None = None, progress=None,
+                 spectra: bool = True) -> dict[str, RankChoice]:
+    """Choose ranks for every layer of ``plan`` (``fixed`` ranks win).
+
+    The singular values of every unfolding are computed for the report and
+    its plot; with ``spectra=False`` they are skipped for layers whose ranks
+    are fixed, which then need no SVD at all.
 
     Returns a mapping layer name -> :class:`RankChoice`, with ``skipped_reason``
     set for layers that will be left untouched.
@@ -204,16 +210,16 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
     out = {}
     for name, method in plan.items():
         groups = kernel_groups(net, shapes, name, method)
-        spectra: dict[str, list] = {}
+        found: dict[str, list] = {}
         per_group = []
-        for kernel in groups:
+        for kernel in groups if (spectra or name not in fixed) else ():
             mats = unfoldings(kernel.astype(np.float64, copy=False), method)
             chosen = []
             for mode, matrix in mats.items():
                 result = evbmf(matrix, weaken=weaken) if how == "vbmf" else None
                 values = result.singular_values if result is not None else \
                     np.linalg.svd(matrix, compute_uv=False)
-                spectra.setdefault(mode, []).append(values)
+                found.setdefault(mode, []).append(values)
                 chosen.append(result.rank if result is not None else
                               _rank_of(values, matrix, how, arg, weaken))
             per_group.append(tuple(chosen))
@@ -233,12 +239,14 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
             before = shapes.layers[name]
             w0 = prod(before.params[0])
             f0 = _flops_of(net, shapes, name)
-            if sum(w) >= w0 or sum(f) >= f0:
+            # Ranks the user fixed are honoured (a full-rank rewrite is a useful check);
+            # ranks chosen automatically must pay for themselves.
+            if (sum(w) >= w0 or sum(f) >= f0) and source != "file":
                 reason = (f"ranks {list(ranks)} would not reduce both weights ({w0} -> {sum(w)}) "
                           f"and FLOPs ({f0} -> {sum(f)})")
         out[name] = RankChoice(layer=name, method=method, ranks=ranks, full=full,
                                group_ranks=tuple(per_group), source=source,
-                               spectra={k: tuple(v) for k, v in spectra.items()},
+                               spectra={k: tuple(v) for k, v in found.items()},
                                skipped_reason=reason)
         if progress is not None:
             progress.update(1, name)

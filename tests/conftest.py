@@ -49,3 +49,33 @@ def _quiet_progress(monkeypatch):
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+GET_CAFFE = ("get one with 'sudo docker/caffe-rootfs.sh /opt/caffe-root' and "
+             "export CAFFE_TUCKER_PYTHON=\"chroot /opt/caffe-root python3\"")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def caffe_command() -> str:
+    """The command that runs pycaffe; under CI=true a missing runtime fails, never skips."""
+    from caffe_tucker.runtime import ENV_VAR, runtime_available
+
+    reason = runtime_available()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"CI must test against real Caffe, but: {reason}", pytrace=False)
+        hint = "" if "caffe-rootfs.sh" in reason else f"; {GET_CAFFE}"
+        pytest.skip(f"needs a Caffe runtime: {reason}{hint}")
+    return os.environ[ENV_VAR]
+
+
+@pytest.fixture(scope="session")
+def caffe(caffe_command):
+    from caffe_tucker.runtime import CaffeRuntime
+
+    with CaffeRuntime(caffe_command, timeout=300) as runtime:
+        yield runtime

@@ -1,0 +1,79 @@
+"""Benchmark: conversion time and peak memory per zoo architecture (random weights).
+
+    python benchmarks/convert_bench.py [alexnet vgg_s googlenet vgg16] [--vbmf]
+
+For each model: random weights from `init` (seed 0), then `convert` with the
+paper's ranks (random weights carry no low-rank signal, so VBMF would keep
+nothing and there would be nothing to decompose), timed by stage: read,
+rank selection, decomposition, rewrite + analysis, write.  With --vbmf the
+rank-selection stage runs VBMF on every planned layer instead of taking the
+paper's ranks (the time VBMF needs on these shapes; its ranks are 0).
+Each model runs in its own process so that its peak RSS is its own.
+Figures are printed; nothing is asserted.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def child(name: str, workdir: str, vbmf: bool) -> None:
+    from caffe_tucker.convert import ConvertOptions, convert, write_outputs
+    from caffe_tucker.zoo import zoo_model
+
+    meta = zoo_model(name)
+    proto = meta["deploy_path"]
+    weights = Path(workdir) / f"{name}.caffemodel"
+    ranks = {r["layer"]: r["ranks"] for r in meta["paper"]["layers"]
+             if None not in (r["ranks"] if isinstance(r["ranks"], list) else [r["ranks"]])}
+    options = ConvertOptions(ranks=None if vbmf else ranks)
+    t0 = time.perf_counter()
+    result = convert(proto, weights, options, progress=False)
+    t1 = time.perf_counter()
+    write_outputs(result, Path(workdir) / f"{name}_out", force=True)
+    t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"model": name, **{k: round(v, 2) for k, v in result.timings.items()},
+                      "write": round(t2 - t1, 2), "total": round(t2 - t0, 2),
+                      "layers": len(result.decompositions), "peak_mb": round(peak)}))
+
+
+def main(argv):
+    vbmf = "--vbmf" in argv
+    names = [a for a in argv if not a.startswith("--")] or ["alexnet", "vgg_s", "googlenet", "vgg16"]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for name in names:
+            from caffe_tucker.zoo import zoo_model
+            proto = zoo_model(name)["deploy_path"]
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "caffe_tucker", "init", proto, "-o",
+                            str(Path(tmp) / f"{name}.caffemodel")], check=True, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            init_s = time.perf_counter() - t
+            out = subprocess.run([sys.executable, __file__, "--child", name, tmp] +
+                                 (["--vbmf"] if vbmf else []), check=True, capture_output=True,
+                                 text=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            row["init"] = round(init_s, 2)
+            rows.append(row)
+            print(f"{name:10s} read {row['read']:6.1f}s  ranks {row['ranks']:6.1f}s  "
+                  f"decompose {row['decompose']:6.1f}s  rewrite {row['rewrite']:5.1f}s  "
+                  f"write {row['write']:5.1f}s  = {row['total']:6.1f}s   peak {row['peak_mb']} MB  "
+                  f"({row['layers']} layers; init of random weights {row['init']:.1f}s)", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], "--vbmf" in sys.argv)
+    else:
+        main(sys.argv[1:])

@@ -1,0 +1,116 @@
+"""Stage 7b, benchmark: original vs compressed net, timed layer by layer in real Caffe.
+
+Times come from Caffe's CPU forward pass (:meth:`CaffeRuntime.time`).  The
+two nets are timed in alternation, ``repeats`` times each, and every figure
+is the median over those repetitions (each itself a median over
+``iterations`` passes), so that a noisy, shared machine skews both alike.
+The layers that replace a compressed layer are reported under its name with
+their parts, like the paper's "10.53ms (=0.80+7.43+2.30)", next to the
+theoretical FLOPs ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .analyze import analyze
+from .graph import Net
+from .rewrite import new_layer_names
+from .shapes import infer_shapes
+
+__all__ = ["bench", "bench_png"]
+
+
+def _with_batch(net: Net, batch: int) -> Net:
+    """The net with every Input layer's batch dimension set to ``batch``."""
+    from .graph import make_spec
+
+    layers = []
+    for layer in net.layers:
+        if layer.type == "Input":
+            shapes = [{"dim": [batch] + list(s.dim[1:])} for s in layer.spec.input_param.shape]
+            spec = make_spec(layer.name, "Input", [], list(layer.tops), base=layer.spec,
+                             input_param={"shape": shapes})
+            layers.append(type(layer)(spec=spec, blobs=layer.blobs, line=layer.line))
+        else:
+            layers.append(layer)
+    return net.with_layers(layers)
+
+
+def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), iterations: int = 20,
+          repeats: int = 3, warmup: int = 3) -> dict:
+    """Time both nets for each batch size; returns ``{"batches": {batch: result}}``.
+
+    Each result is ``{"layers": [{"name", "method", "original_ms", "compressed_ms", "parts_ms",
+    "speedup", "theoretical", "quotient"}], "total": {"original_ms", "compressed_ms",
+    "speedup", "theoretical", "quotient"}}``.
+    """
+    compressed_rows = {r["name"]: r for r in report["layers"] if r.get("skipped_reason") is None}
+    flops_o = analyze(original, infer_shapes(original))
+    flops_c = analyze(compressed, infer_shapes(compressed))
+    out = {}
+    for batch in batches:
+        o_net, c_net = _with_batch(original, batch), _with_batch(compressed, batch)
+        runs_o, runs_c = [], []
+        for _ in range(repeats):
+            runs_o.append(runtime.time(o_net, batch=batch, iterations=iterations, warmup=warmup))
+            runs_c.append(runtime.time(c_net, batch=batch, iterations=iterations, warmup=warmup))
+
+        def median_of(runs, name):
+            return statistics.median(next(l["ms"] for l in r["layers"] if l["name"] == name)
+                                     for r in runs)
+
+        rows = []
+        for layer in original.layers:
+            if layer.type == "Input":
+                continue
+            o_ms = median_of(runs_o, layer.name)
+            row = {"name": layer.name, "type": layer.type, "original_ms": o_ms}
+            if layer.name in compressed_rows:
+                r = compressed_rows[layer.name]
+                parts = [median_of(runs_c, n) for n in new_layer_names(layer.name, r["method"])]
+                row.update(method=r["method"], parts_ms=parts, compressed_ms=sum(parts),
+                           theoretical=r["flops_before"] / r["flops_after"])
+            else:
+                row.update(method=None, parts_ms=None, compressed_ms=median_of(runs_c, layer.name),
+                           theoretical=1.0)
+            row["speedup"] = row["original_ms"] / row["compressed_ms"] if row["compressed_ms"] else None
+            row["quotient"] = row["speedup"] / row["theoretical"] if row["speedup"] else None
+            rows.append(row)
+        o_total = statistics.median(r["forward_ms"] for r in runs_o)
+        c_total = statistics.median(r["forward_ms"] for r in runs_c)
+        theoretical = flops_o.total_flops / flops_c.total_flops
+        out[batch] = {"layers": rows, "total": {
+            "original_ms": o_total, "compressed_ms": c_total, "speedup": o_total / c_total,
+            "theoretical": theoretical, "quotient": (o_total / c_total) / theoretical}}
+    return {"batches": out, "iterations": iterations, "repeats": repeats}
+
+
+def bench_png(result: dict) -> bytes:
+    """Bar chart per layer: original vs compressed time, one panel per batch size."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    batches = list(result["batches"])
+    fig, axes = plt.subplots(len(batches), 1, figsize=(10, 3.6 * len(batches)), squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches):
+        rows = [r for r in result["batches"][batch]["layers"] if r["method"] or r["original_ms"] > 0.05]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["original_ms"] for r in rows], 0.4, label="original")
+        ax.bar(x + 0.2, [r["compressed_ms"] for r in rows], 0.4, label="compressed")
+        ax.set_xticks(x, [r["name"] for r in rows], rotation=60, ha="right", fontsize=7)
+        t = result["batches"][batch]["total"]
+        ax.set_title(f"batch {batch}: whole net {t['original_ms']:.1f} ms -> {t['compressed_ms']:.1f} ms "
+                     f"(x{t['speedup']:.2f}; FLOPs x{t['theoretical']:.2f})", fontsize=9)
+        ax.set_ylabel("ms (Caffe CPU)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
