@@ -38,8 +38,8 @@ def _add_convert_args(p):
     p.add_argument("prototxt", help="deploy net definition")
     p.add_argument("--weights", "-w", metavar="CAFFEMODEL",
                    help="trained weights (default: <prototxt stem>.caffemodel beside it)")
-    p.add_argument("--preset", help="which layers to compress and how: auto, alexnet, vgg_s, "
-                   "googlenet, vgg16 (default: the zoo net this is, else auto)")
+    p.add_argument("--preset", help="which layers to compress and how: auto or a zoo model's "
+                   "(alexnet, vgg_s, googlenet, vgg16, digits); default: the zoo net this is, else auto")
     p.add_argument("--layers", metavar="L1,L2", help="compress only these layers")
     p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
     p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",

@@ -211,7 +211,20 @@ def read_solver(path) -> SolverParameter:
 
 
 def default_weights_path(prototxt) -> Path | None:
-    """``model.caffemodel`` beside ``model.prototxt``, if it exists."""
+    """``model.caffemodel`` beside ``model.prototxt``, or the weights a zoo ``model.json`` beside
+    it names (``zoo_models/digits/deploy.prototxt`` -> ``digits.caffemodel``), if it exists."""
+    import json
+
     p = Path(prototxt)
     candidate = p.with_suffix(".caffemodel")
-    return candidate if candidate.exists() else None
+    if candidate.exists():
+        return candidate
+    meta = p.parent / "model.json"
+    if meta.is_file():
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8"))["weights"]["filename"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if (p.parent / name).is_file():
+            return p.parent / name
+    return None

@@ -90,7 +90,11 @@ def fetch(name: str, dest=None, url: str | None = None, force: bool = False) -> 
             raise OutputExistsError(
                 f"{target}: already exists and its SHA1 is not the published {expected or '(none published)'}; "
                 "hint: pass --force to download it again")
-    source = url or weights["url"]
+    source = url or weights.get("url")
+    if not source:
+        bundled = Path(meta["dir"]) / weights["filename"]
+        raise CaffeTuckerError(f"zoo model '{name}' has no download URL: its weights come with the "
+                               f"checkout ({bundled}); hint: use that file, or pass --url")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     h = hashlib.sha1()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 from caffe_tucker import caffe_worker, read_prototxt
 from caffe_tucker.emit import caffemodel_chunks
 from caffe_tucker.errors import CaffeTuckerError
@@ -27,36 +28,6 @@ from caffe_tucker.fillers import init_weights
 from caffe_tucker.runtime import (ENV_VAR, NO_RUNTIME, CaffeRuntime, CaffeRuntimeError,
                                   CaffeRuntimeUnavailable, caffe_reason, resolve_command,
                                   runtime_available)
-
-# --------------------------------------------------------------------------------------------
-# The rule for tests that need Caffe (to move to conftest.py).
-
-GET_CAFFE = ("get one with 'sudo docker/caffe-rootfs.sh /opt/caffe-root' and "
-             "export CAFFE_TUCKER_PYTHON=\"chroot /opt/caffe-root python3\"")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="session")
-def caffe_command() -> str:
-    """The Caffe runtime command; skips (fails under CI=true) when there is none that works."""
-    reason = runtime_available()
-    if reason is not None:
-        if _in_ci():
-            pytest.fail(f"CI must test against real Caffe, but: {reason}", pytrace=False)
-        hint = "" if "caffe-rootfs.sh" in reason else f"; {GET_CAFFE}"
-        pytest.skip(f"needs a Caffe runtime: {reason}{hint}")
-    return os.environ[ENV_VAR]
-
-
-@pytest.fixture(scope="session")
-def caffe(caffe_command):
-    """One worker shared by the tests that do not break it."""
-    with CaffeRuntime(caffe_command, timeout=120) as runtime:
-        yield runtime
-
 
 # --------------------------------------------------------------------------------------------
 # Nets and a numpy reference
