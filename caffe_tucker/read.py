@@ -10,13 +10,14 @@ does; their shapes are checked against the net once shapes are known
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
 
 from .caffe_pb2 import NetParameter, SolverParameter
-from .errors import InputFileError, PrototxtError
+from .errors import CaffemodelError, InputFileError, PrototxtError
 from .fsutil import read_bytes
 from .graph import Layer, Net
 from .upgrade import upgrade_net
@@ -181,13 +182,11 @@ def attach_weights(net: Net, weights: RawWeights, source: str | None = None) -> 
         for blob in raw.blobs:
             shape = blob.shape if blob.shape is not None else (blob.legacy or (blob.data.size,))
             if int(np.prod(shape)) != blob.data.size:
-                from .errors import CaffemodelError
                 raise CaffemodelError(
                     f"{source or weights.name}: layer '{raw.name}': a blob of shape "
                     f"{list(shape)} holds {blob.data.size} values; hint: the file is corrupt")
             arrays.append(blob.data.reshape(shape))
         layers.append(layer.with_blobs(arrays))
-    from dataclasses import replace
     return replace(net, layers=tuple(layers), weights_source=source)
 
 

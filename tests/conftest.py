@@ -46,6 +46,17 @@ def _quiet_progress(monkeypatch):
     monkeypatch.setenv("CAFFE_TUCKER_PROGRESS", "0")
 
 
+@pytest.fixture
+def cifar(tmp_path, shared_models):
+    """cifar10_quick copied to tmp, with its weights beside it under the default name."""
+    import shutil
+
+    src = shared_models / "cifar10_quick"
+    shutil.copy(src / "cifar10_quick.prototxt", tmp_path / "cifar.prototxt")
+    shutil.copy(src / "cifar10_quick_iter_5000.caffemodel", tmp_path / "cifar.caffemodel")
+    return tmp_path / "cifar.prototxt"
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

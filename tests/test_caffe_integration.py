@@ -17,14 +17,6 @@ def caffe_cli(cli, caffe_command, *args):
     return cli(*args, "--caffe-python", caffe_command)
 
 
-@pytest.fixture
-def cifar(tmp_path, shared_models):
-    src = shared_models / "cifar10_quick"
-    shutil.copy(src / "cifar10_quick.prototxt", tmp_path / "cifar.prototxt")
-    shutil.copy(src / "cifar10_quick_iter_5000.caffemodel", tmp_path / "cifar.caffemodel")
-    return tmp_path / "cifar.prototxt"
-
-
 def test_full_rank_convert_verifies_exactly(cli, caffe_command, cifar, tmp_path):
     net = read_prototxt(cifar).for_state("TEST")
     shapes = infer_shapes(net)

@@ -15,15 +15,6 @@ FILES = {"deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.
          "ranks.json", "report.json", "report.md", "ranks.png"}
 
 
-@pytest.fixture
-def cifar(tmp_path, shared_models):
-    """cifar10_quick copied to tmp, with its weights beside it under the default name."""
-    src = shared_models / "cifar10_quick"
-    shutil.copy(src / "cifar10_quick.prototxt", tmp_path / "cifar.prototxt")
-    shutil.copy(src / "cifar10_quick_iter_5000.caffemodel", tmp_path / "cifar.caffemodel")
-    return tmp_path / "cifar.prototxt"
-
-
 def test_convert_writes_the_output_directory(cli, cifar):
     code, out, err = cli("convert", cifar)
     assert code == 0, err
