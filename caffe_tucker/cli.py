@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_caffe_args(p)
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("reproduce", help="convert a paper model and compare with the paper's tables")
+    p.add_argument("model", help="alexnet, vgg_s, googlenet or vgg16")
+    p.add_argument("--weights", "-w", metavar="CAFFEMODEL", help="the zoo weights (default: fetch them)")
+    p.add_argument("--paper-ranks", action="store_true", help="use the paper's ranks instead of VBMF")
+    p.add_argument("-o", "--output", metavar="DIR", help="output directory (default: MODEL_tucker/)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty directory")
+    p.add_argument("--bench", action="store_true", help="also time both nets in Caffe (CPU)")
+    p.add_argument("--format", "-f", default="table", choices=["table", "markdown", "csv", "json"])
+    _add_caffe_args(p)
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("init", help="write random weights drawn from each layer's fillers")
     p.add_argument("prototxt")
     p.add_argument("-o", "--output", required=True, metavar="CAFFEMODEL")
@@ -140,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="download from here instead of the zoo URL (e.g. a mirror or file://)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("finetune", help="fine-tune a convert output directory in real Caffe "
+                       "(caffe train), with a log, CSV and plot")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the output directory of convert")
+    p.add_argument("--caffe", metavar="CMD",
+                   help="command that runs the caffe binary, e.g. 'caffe', "
+                   "'chroot /opt/caffe-root caffe' (OUT_DIR must then be under /opt/caffe-root) or "
+                   "'docker run --rm -v \"$PWD\":/work -w /work caffe-tucker:cpu caffe'; "
+                   "default: $CAFFE_TUCKER_CAFFE, else caffe")
+    p.add_argument("--gpu", metavar="all|0,1", help="train on these GPUs (a GPU build of Caffe)")
+    p.add_argument("--max-iter", type=int, metavar="N", help="override the solver's max_iter")
+    p.add_argument("--resume", metavar="FILE.solverstate",
+                   help="continue from a snapshot instead of starting from weights.caffemodel")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 
@@ -314,6 +339,47 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .report import Column, dumps_json, human, render
+    from .reproduce import reproduce
+
+    result, cmp, out = reproduce(args.model, weights=args.weights, paper_ranks_only=args.paper_ranks,
+                                 out_dir=args.output, force=args.force)
+    if args.bench:
+        from .bench import bench
+        from .runtime import CaffeRuntime
+        with CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout) as rt:
+            cmp["bench"] = {str(b): r for b, r in bench(
+                rt, result.original, result.compressed, result.report, (1,), 10, 3)["batches"].items()}
+    if args.format == "json":
+        sys.stdout.write(dumps_json(cmp))
+        return 0
+    ranks = lambda v: "" if not v else "/".join("?" if x is None else str(x) for x in v)
+    num = lambda v: "" if v is None else human(v)
+    cols = [Column("layer", "layer"), Column("paper", "paper_name"), Column("method", "method"),
+            Column("ranks", "ranks", ranks, ">"), Column("paper ranks", "paper_ranks", ranks, ">"),
+            Column("weights", "weights_before", num, ">"), Column("paper", "paper_weights", str, ">"),
+            Column("weights*", "weights_after", num, ">"), Column("paper*", "paper_weights_after", str, ">"),
+            Column("FLOPs*", "flops_after", num, ">"), Column("paper*", "paper_flops_after", str, ">"),
+            Column("note", "note", lambda v: v or "")]
+    print(f"{args.model}: preset {result.preset}, ranks {'from the paper' if args.paper_ranks else 'by VBMF'}; "
+          f"outputs in {out}/  (* = compressed)")
+    sys.stdout.write(render(cols, cmp["layers"], args.format))
+    t = cmp["total"]
+    print(f"Table 1: weights {human(t['weights_before'])} (paper {t['paper_weights_before']}) -> "
+          f"{human(t['weights_after'])} (paper {t['paper_weights_after']}), x{t['weights_ratio']:.2f} "
+          f"(paper x{t['paper_weights_ratio']}); FLOPs incl. bias adds {human(t['flops_before'])} "
+          f"(paper {t['paper_flops_before']}) -> {human(t['flops_after'])} (paper {t['paper_flops_after']}), "
+          f"x{t['flops_ratio']:.2f} (paper x{t['paper_flops_ratio']})")
+    if "bench" in cmp:
+        b = cmp["bench"]["1"]["total"]
+        print(f"Caffe CPU, batch 1: {b['original_ms']:.1f} ms -> {b['compressed_ms']:.1f} ms "
+              f"(x{b['speedup']:.2f}; FLOPs x{b['theoretical']:.2f})")
+    print(f"misprints in the paper's tables: see zoo_models/{args.model}/model.json 'errata' "
+          f"({len(cmp['errata'])} entries) and the README")
+    return 0
+
+
 def cmd_init(args) -> int:
     from .emit import write_caffemodel
     from .fillers import init_weights
@@ -336,6 +402,24 @@ def cmd_fetch(args) -> int:
         print(f"warning: no SHA1 is published for {args.model}; saved unverified "
               f"(sha1 {sha1_of(path)})", file=sys.stderr)
     print(f"{path}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    import os
+
+    from .finetune import CAFFE_ENV_VAR, finetune
+
+    caffe_cmd = args.caffe or os.environ.get(CAFFE_ENV_VAR) or "caffe"
+    r = finetune(args.out_dir, caffe_cmd, gpu=args.gpu, max_iter=args.max_iter, resume=args.resume)
+    loss = "n/a" if r.final_loss is None else f"{r.final_loss:.4g}"
+    acc = ("n/a" if r.final_accuracy is None
+           else f"{r.final_accuracy:.4f} ({r.accuracy_name})")
+    first = f" (resumed at {r.start_iteration})" if r.start_iteration else ""
+    print(f"fine-tuned {r.iterations} of {r.max_iter} iterations{first} in {r.seconds:.1f} s; "
+          f"final loss {loss}, final test accuracy {acc}")
+    print(f"wrote {r.caffemodel or '(no snapshot: snapshot_after_train is off)'}; log, CSV and "
+          f"plot: {r.log}, {r.csv}, {r.png}")
     return 0
 
 

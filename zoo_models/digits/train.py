@@ -55,6 +55,39 @@ def load_split():
     return x[train], y[train], x[test], y[test]
 
 
+def export_lmdb(directory) -> tuple[Path, Path]:
+    """Write the split as Caffe LMDBs ``directory/train_lmdb`` and ``directory/test_lmdb``.
+
+    Each record is a ``caffe.Datum`` (channels 1, height 8, width 8, uint8 ``data`` holding the raw
+    0..16 pixel values, ``label``) keyed ``{i:08d}`` so Caffe reads them in the split's order; the
+    1/16 scale is left to the Data layer's ``transform_param`` (model.json ``preprocess.scale``).
+    Needs the PyPI ``lmdb`` package (the ``test`` extra) and scikit-learn.
+    """
+    import lmdb
+
+    sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
+    from caffe_tucker.caffe_pb2 import Datum
+
+    x_train, y_train, x_test, y_test = load_split()
+    out = Path(directory)
+    paths = []
+    for name, x, y in (("train_lmdb", x_train, y_train), ("test_lmdb", x_test, y_test)):
+        path = out / name
+        path.mkdir(parents=True, exist_ok=True)
+        raw = np.rint(x / np.float32(SCALE)).astype(np.uint8)  # back to the 0..16 pixel values
+        env = lmdb.open(str(path), map_size=64 << 20)
+        try:
+            with env.begin(write=True) as txn:
+                for i in range(len(raw)):
+                    datum = Datum(channels=1, height=8, width=8, data=raw[i].tobytes(),
+                                  label=int(y[i]))
+                    txn.put(f"{i:08d}".encode("ascii"), datum.SerializeToString())
+        finally:
+            env.close()
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 def evaluate(runtime, deploy_text: str, weights: bytes, x, y) -> float:
     """Top-1 accuracy of the deploy net in Caffe on ``x``/``y``."""
     prob = runtime.forward(deploy_text, weights, {"data": x}, blobs=["prob"])["prob"]

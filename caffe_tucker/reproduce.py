@@ -1,0 +1,109 @@
+"""Reproduce the paper's tables for a zoo model: convert with its preset, compare side by side.
+
+:func:`reproduce` fetches the zoo weights when they are missing (SHA1
+checked), converts with the paper's preset (VBMF ranks, or the paper's own
+ranks with ``paper_ranks=True``), and :func:`compare_with_paper` lines our
+per-layer ranks, weights and FLOPs up with the printed Tables 2-5 and our
+totals with Table 1.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .convert import ConvertOptions, ConvertResult, convert, write_outputs
+from .errors import CaffeTuckerError
+
+__all__ = ["paper_ranks", "printed_value", "agrees", "compare_with_paper", "reproduce"]
+
+
+def paper_ranks(meta: dict) -> dict:
+    """The ranks of the paper's table as a ranks.json mapping (rows without full ranks left out)."""
+    out = {}
+    for row in (meta.get("paper") or {}).get("layers", []):
+        ranks = row["ranks"] if isinstance(row["ranks"], list) else [row["ranks"]]
+        if None in ranks:
+            continue
+        out[row["layer"]] = ranks if row["method"] == "tucker2" else ranks[0]
+    return out
+
+
+def printed_value(text: str) -> tuple[float, float] | None:
+    """'75.0M' -> (75e6, 1e5): the printed value and one unit of its last digit; None if unreadable."""
+    m = re.fullmatch(r"(\d+(?:\.(\d+))?)([KMG]?)", str(text).strip())
+    if not m:
+        return None
+    scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(3)]
+    return float(m.group(1)) * scale, scale * 10 ** -len(m.group(2) or "")
+
+
+def agrees(ours: float, text: str) -> bool | None:
+    """Whether ``ours`` is the printed number to the paper's rounding (or truncation)."""
+    p = printed_value(text)
+    if p is None:
+        return None
+    return abs(ours - p[0]) < p[1]
+
+
+def compare_with_paper(meta: dict, report: dict) -> dict:
+    """Per-layer and total comparison of a convert report with the paper's tables."""
+    paper = meta.get("paper")
+    if not paper:
+        raise CaffeTuckerError(f"zoo model '{meta['name']}' has no paper tables to compare with")
+    ours = {r["name"]: r for r in report["layers"]}
+    rows = []
+    for p in paper["layers"]:
+        r = ours.get(p["layer"])
+        paper_r = p["ranks"] if isinstance(p["ranks"], list) else [p["ranks"]]
+        row = {"layer": p["layer"], "paper_name": p["paper_name"], "method": p["method"],
+               "paper_ranks": paper_r, "ranks": None, "weights_before": None,
+               "paper_weights": p["weights"], "flops_before": None, "paper_flops": p["flops"],
+               "weights_after": None, "paper_weights_after": p["weights_after"],
+               "flops_after": None, "paper_flops_after": p["flops_after"], "note": None}
+        if r is not None:
+            compressed = r["skipped_reason"] is None
+            row.update(ranks=r["ranks"] if compressed else None,
+                       weights_before=r["weights_before"], flops_before=r["flops_before"],
+                       weights_after=r["weights_after"] if compressed else None,
+                       flops_after=r["flops_after"] if compressed else None,
+                       note=None if compressed else r["skipped_reason"])
+            row["ranks_match"] = compressed and list(r["ranks"]) == paper_r
+            row["weights_after_agrees"] = agrees(r["weights_after"], p["weights_after"]) if compressed else None
+            row["flops_after_agrees"] = agrees(r["flops_after"], p["flops_after"]) if compressed else None
+        rows.append(row)
+    t = report["total"]
+    table1 = paper["table1"]
+    totals = {
+        "weights_before": t["weights_before"], "paper_weights_before": table1["original"]["weights"],
+        "flops_before": t["flops_before"] + t["bias_flops_before"],
+        "paper_flops_before": table1["original"]["flops"],
+        "weights_after": t["weights_after"], "paper_weights_after": table1["compressed"]["weights"],
+        "flops_after": t["flops_after"] + t["bias_flops_after"],
+        "paper_flops_after": table1["compressed"]["flops"],
+        "weights_ratio": t["weights_before"] / t["weights_after"],
+        "paper_weights_ratio": table1["ratios"]["weights"],
+        "flops_ratio": t["flops_before"] / t["flops_after"],
+        "paper_flops_ratio": table1["ratios"]["flops"],
+    }
+    return {"model": meta["name"], "layers": rows, "total": totals,
+            "errata": paper.get("errata", [])}
+
+
+def reproduce(name: str, weights=None, paper_ranks_only: bool = False, out_dir=None,
+              force: bool = False, progress: bool = True) -> tuple[ConvertResult, dict, Path]:
+    """Fetch (if needed), convert with the paper's preset, compare; returns (result, comparison, out)."""
+    from .zoo import fetch, zoo_model
+
+    meta = zoo_model(name)
+    if not meta.get("paper"):
+        raise CaffeTuckerError(f"zoo model '{name}' is not one of the paper's; reproduce takes "
+                               "alexnet, vgg_s, googlenet or vgg16")
+    if weights is None:
+        weights = fetch(name)
+    options = ConvertOptions(preset=name, ranks=paper_ranks(meta) if paper_ranks_only else None,
+                             ranks_source=f"the paper's {meta['paper']['table']}")
+    result = convert(meta["deploy_path"], weights, options, progress=progress)
+    out = Path(out_dir) if out_dir else Path(f"{name}_tucker")
+    write_outputs(result, out, force=force, inputs=[meta["deploy_path"], weights])
+    return result, compare_with_paper(meta, result.report), out
