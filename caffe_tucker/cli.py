@@ -198,7 +198,7 @@ def cmd_info(args) -> int:
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from .convert import convert, write_outputs
+    from .convert import check_out_dir, convert, write_outputs
     from .report import human
 
     options = _convert_options(
@@ -207,8 +207,7 @@ def cmd_convert(args) -> int:
         epochs=args.epochs, spectra=not args.no_plot)
     proto = Path(args.prototxt)
     out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_tucker"
-    from .convert import _check_out_dir
-    _check_out_dir(out, args.force)  # fail before the work, not after
+    check_out_dir(out, args.force)  # fail before the work, not after
     result = convert(proto, args.weights, options)
     write_outputs(result, out, force=args.force, plot=not args.no_plot,
                   inputs=[proto, args.weights, args.train_val, args.ranks])

@@ -27,7 +27,7 @@ from .trainval import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, build_solver,
                        deploy_from_train_val, is_train_val)
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert", "write_outputs", "load_ranks_file",
-           "ranks_json", "choose_ranks", "OUTPUT_FILES"]
+           "ranks_json", "choose_ranks", "check_out_dir", "OUTPUT_FILES"]
 
 OUTPUT_FILES = ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.prototxt",
                 "ranks.json", "report.json", "report.md", "ranks.png")
@@ -261,7 +261,7 @@ def _build_report(net: Net, preset: str, choices, decompositions, before: Analys
     }
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+def check_out_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -278,7 +278,7 @@ def write_outputs(result: ConvertResult, out_dir, force: bool = False, plot: boo
     from .trainval import solver_text
 
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    check_out_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
     protect = [p for p in inputs if p]
     src = result.report["source"]["prototxt"]

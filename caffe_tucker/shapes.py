@@ -193,8 +193,7 @@ def _conv(layer, bottoms, ctx):
     for b in bottoms[1:]:
         if b != x:
             ctx.fail(f"all bottoms of a convolution must have the same shape, got {list(x)} and {list(b)}")
-    return [top] + [top[:g.axis] + (g.num_output,) + tuple(
-        out) for _ in bottoms[1:]], params, g
+    return [top] * len(bottoms), params, g
 
 
 def _pool(layer, bottoms, ctx):
@@ -269,7 +268,7 @@ def _input(layer, bottoms, ctx):
             for i, (t, s) in enumerate(zip(layer.tops, shapes))], ()
 
 
-def _data_like(batch: int | None, known: Shape | None, layer, ctx):
+def _data_like(known: Shape | None, layer, ctx):
     """Tops of a data layer: the data blob (shape from --input-shape or the net) and labels."""
     tops = layer.tops
     shape = ctx.take_input(tops[0]) or known
@@ -284,7 +283,7 @@ def _data_like(batch: int | None, known: Shape | None, layer, ctx):
 
 
 def _data(layer, bottoms, ctx):
-    return _data_like(layer.spec.data_param.batch_size or None, None, layer, ctx)
+    return _data_like(None, layer, ctx)
 
 
 def _image_data(layer, bottoms, ctx):
@@ -295,7 +294,7 @@ def _image_data(layer, bottoms, ctx):
         known = (p.batch_size, 3 if p.is_color else 1, t.crop_size, t.crop_size)
     elif p.new_height and p.new_width:
         known = (p.batch_size, 3 if p.is_color else 1, p.new_height, p.new_width)
-    return _data_like(p.batch_size, known, layer, ctx)
+    return _data_like(known, layer, ctx)
 
 
 def _memory_data(layer, bottoms, ctx):
@@ -303,7 +302,7 @@ def _memory_data(layer, bottoms, ctx):
     known = (p.batch_size, p.channels, p.height, p.width)
     if not all(known):
         known = None
-    return _data_like(p.batch_size, known, layer, ctx)
+    return _data_like(known, layer, ctx)
 
 
 def _dummy_data(layer, bottoms, ctx):
@@ -429,7 +428,6 @@ def _argmax(layer, bottoms, ctx):
         top = x[:a] + (p.top_k,) + x[a + 1:]
     else:
         top = (x[0], 2 if p.out_max_val else 1, p.top_k)
-        top = top if len(x) >= 2 else top
     return [top], ()
 
 
