@@ -88,12 +88,9 @@ def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), i
 
 def bench_png(result: dict) -> bytes:
     """Bar chart per layer: original vs compressed time, one panel per batch size."""
-    import io
+    from .plots import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     batches = list(result["batches"])
@@ -110,7 +107,4 @@ def bench_png(result: dict) -> bytes:
         ax.set_ylabel("ms (Caffe CPU)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

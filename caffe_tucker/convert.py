@@ -15,7 +15,7 @@ from pathlib import Path
 from .analyze import Analysis, analyze
 from .caffe_pb2 import SolverParameter
 from .decompose import Decomposition, decompose_layer
-from .errors import CaffeTuckerError, InputFileError, OutputExistsError, check_param
+from .errors import CaffeTuckerError, InputFileError, OutputExistsError
 from .graph import Net
 from .plan import detect_preset, make_plan
 from .progress import Progress

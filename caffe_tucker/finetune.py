@@ -287,10 +287,9 @@ def _read_csv(path: Path) -> dict[int, dict]:
 
 def finetune_png(rows: list[dict], accuracy_name: str | None = None) -> bytes:
     """Training loss and test accuracy against iteration, two panels."""
-    import matplotlib
+    from .plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     loss = [(r["iteration"], r["loss"]) for r in rows if r["loss"] is not None]
@@ -306,10 +305,7 @@ def finetune_png(rows: list[dict], accuracy_name: str | None = None) -> bytes:
     ax2.grid(alpha=0.3)
     fig.suptitle("caffe_tucker finetune")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------------------------------------

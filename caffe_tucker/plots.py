@@ -5,7 +5,25 @@ from __future__ import annotations
 import io
 import math
 
-__all__ = ["ranks_png"]
+__all__ = ["ranks_png", "pyplot", "png_bytes"]
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes, without metadata that changes between runs; closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    pyplot().close(fig)
+    return buf.getvalue()
 
 _LABELS = {"input": "mode-3 (S) unfolding → R3", "output": "mode-4 (T) unfolding → R4",
            "matrix": "weight matrix → R"}
@@ -13,11 +31,7 @@ _LABELS = {"input": "mode-3 (S) unfolding → R3", "output": "mode-4 (T) unfoldi
 
 def ranks_png(choices: dict) -> bytes:
     """One panel per layer: normalised singular values per unfolding, chosen rank as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     items = list(choices.values())
     cols = min(4, max(1, len(items)))
     rows = max(1, math.ceil(len(items) / cols))
@@ -44,7 +58,4 @@ def ranks_png(choices: dict) -> bytes:
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

@@ -1,6 +1,5 @@
 """convert: exact rewrites, the paper's numbers from its ranks, outputs, and bad input."""
 
-import json
 
 import numpy as np
 import pytest

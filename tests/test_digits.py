@@ -10,14 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
 import caffe_tucker as ct
 from caffe_tucker import read_prototxt
-from caffe_tucker.runtime import ENV_VAR, CaffeRuntime, runtime_available
 
 from conftest import ZOO, in_ci
 

@@ -1,7 +1,5 @@
 """reproduce: the comparison with the paper's tables, on the paper-rank path with random weights."""
 
-import json
-import shutil
 
 import pytest
 
