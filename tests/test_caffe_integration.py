@@ -119,3 +119,22 @@ def test_mismatched_inputs_are_refused(cli, caffe_command, cifar, tmp_path):
     code, _, err = caffe_cli(cli, caffe_command, "verify", cifar, cifar.with_suffix(".caffemodel"),
                              other, tmp_path / "w.caffemodel")
     assert code == 1 and ("input 'data'" in err or "needs" in err), err
+
+
+def test_verify_with_images(cli, caffe_command, cifar, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 36), (32, 32), (50, 64)]):
+        Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(images / f"{i}.png")
+    from caffe_tucker.verify import load_images
+    batch = load_images(images, (1, 3, 32, 32), {"mean_bgr": [100, 110, 120], "scale": 0.5})
+    assert batch.shape == (3, 3, 32, 32) and batch.dtype == np.float32
+    assert cli("convert", cifar, "-o", tmp_path / "out")[0] == 0
+    code, out, err = caffe_cli(cli, caffe_command, "verify", tmp_path / "out", "--images", images,
+                               "--format", "json")
+    assert code == 0, err
+    result = json.loads(out.split("\nPASSED")[0])
+    assert result["inputs"]["data"] == [3, 3, 32, 32] and result["passed"]
