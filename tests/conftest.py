@@ -57,6 +57,17 @@ def cifar(tmp_path, shared_models):
     return tmp_path / "cifar.prototxt"
 
 
+@pytest.fixture(scope="session")
+def recipe():
+    """zoo_models/digits/train.py as a module (its split, preprocessing, LMDB export)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits_train", ZOO / "digits" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -8,7 +8,6 @@ under ``CI=true`` either missing is a failure, elsewhere a skip.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 
 import numpy as np
@@ -37,15 +36,6 @@ ARCHITECTURE = [
     ("fc2", "InnerProduct", [(10, 128), (10,)], (1, 10)),
     ("prob", "Softmax", [], (1, 10)),
 ]
-
-@pytest.fixture(scope="session")
-def recipe():
-    """zoo_models/digits/train.py as a module (its split, preprocessing and evaluation)."""
-    spec = importlib.util.spec_from_file_location("digits_train", DIGITS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="session")
 def split(recipe):

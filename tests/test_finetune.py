@@ -73,14 +73,6 @@ def caffe_binary(caffe_command):
 
 
 @pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("digits_train_ft", DIGITS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def workdir(caffe_binary):
     """A temporary directory Caffe can see (inside the chroot tree when there is one)."""
     _, root = caffe_binary
