@@ -123,9 +123,8 @@ def kernel_shape(net: Net, shapes: ShapeInfo, name: str, method: str) -> tuple[i
     return (w[0] // g,) + tuple(w[1:])
 
 
-def _rank_of(values: np.ndarray, matrix: np.ndarray, how: str, arg, weaken: float) -> int:
-    if how == "vbmf":
-        return evbmf(matrix, weaken=weaken).rank
+def _rank_of(values: np.ndarray, how: str, arg) -> int:
+    """Rank by ``energy:F`` or ``ratio:F`` from an unfolding's singular values."""
     if how == "energy":
         energy = np.cumsum(values.astype(np.float64) ** 2)
         if energy[-1] == 0:
@@ -221,7 +220,7 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
                     np.linalg.svd(matrix, compute_uv=False)
                 found.setdefault(mode, []).append(values)
                 chosen.append(result.rank if result is not None else
-                              _rank_of(values, matrix, how, arg, weaken))
+                              _rank_of(values, how, arg))
             per_group.append(tuple(chosen))
         full = full_ranks(net, shapes, name, method)
         if name in fixed:

@@ -33,7 +33,7 @@ import numpy as np
 from .caffe_pb2 import LayerParameter, ParamSpec
 from .errors import CaffeTuckerError, where
 from .graph import Layer, Net, make_spec
-from .shapes import ShapeInfo
+from .shapes import ConvGeometry, ShapeInfo
 
 __all__ = ["Replacement", "replacement_for", "rewrite_net", "new_layer_names"]
 
@@ -45,12 +45,7 @@ class Replacement:
     layer: str
     method: str
     ranks: tuple[int, ...]
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    pad: tuple[int, ...]
-    dilation: tuple[int, ...]
-    group: int
-    num_output: int
+    geometry: ConvGeometry   # of the layer seen as a convolution (fc: its input map or 1×1)
     blobs: tuple[tuple[np.ndarray, ...], ...] | None = None
 
 
@@ -67,16 +62,14 @@ def replacement_for(net: Net, shapes: ShapeInfo, name: str, method: str, ranks,
     info = shapes.layers[name]
     if layer.type == "InnerProduct":
         x = info.inputs[0]
-        n = layer.spec.inner_product_param.num_output
+        p = layer.spec.inner_product_param
         kernel = tuple(x[2:]) if method == "tucker2" else (1, 1)
         k = len(kernel)
-        return Replacement(layer=name, method=method, ranks=tuple(ranks), kernel=kernel,
-                           stride=(1,) * k, pad=(0,) * k, dilation=(1,) * k, group=1,
-                           num_output=n, blobs=blobs)
-    geo = info.geometry
-    return Replacement(layer=name, method=method, ranks=tuple(ranks), kernel=geo.kernel,
-                       stride=geo.stride, pad=geo.pad, dilation=geo.dilation, group=geo.group,
-                       num_output=geo.num_output, blobs=blobs)
+        geo = ConvGeometry(kernel=kernel, stride=(1,) * k, pad=(0,) * k, dilation=(1,) * k,
+                           group=1, num_output=p.num_output, axis=p.axis, bias_term=p.bias_term)
+    else:
+        geo = info.geometry
+    return Replacement(layer=name, method=method, ranks=tuple(ranks), geometry=geo, blobs=blobs)
 
 
 def _params(layer: Layer, with_bias: bool) -> list[ParamSpec]:
@@ -119,22 +112,24 @@ def _replace(net: Net, layer: Layer, r: Replacement) -> list[Layer]:
         base.include.add().CopyFrom(rule)
     for rule in layer.spec.exclude:
         base.exclude.add().CopyFrom(rule)
-    g = r.group
+    geo = r.geometry
+    g = geo.group
+    ones = (1,) * len(geo.kernel)
     if r.method == "tucker2":
         r3, r4 = r.ranks
         convs = [
-            _conv_param(g * r3, (1,) * len(r.kernel), group=g),
-            _conv_param(g * r4, r.kernel, r.stride, r.pad, r.dilation, group=g),
-            _conv_param(r.num_output, (1,) * len(r.kernel), group=g, bias=has_bias),
+            _conv_param(g * r3, ones, group=g),
+            _conv_param(g * r4, geo.kernel, geo.stride, geo.pad, geo.dilation, group=g),
+            _conv_param(geo.num_output, ones, group=g, bias=has_bias),
         ]
         kinds = [("Convolution", "convolution_param", c) for c in convs]
     elif r.method == "tucker1":
         (r4,) = r.ranks
         kinds = [
             ("Convolution", "convolution_param",
-             _conv_param(g * r4, r.kernel, r.stride, r.pad, r.dilation, group=g)),
+             _conv_param(g * r4, geo.kernel, geo.stride, geo.pad, geo.dilation, group=g)),
             ("Convolution", "convolution_param",
-             _conv_param(r.num_output, (1,) * len(r.kernel), group=g, bias=has_bias)),
+             _conv_param(geo.num_output, ones, group=g, bias=has_bias)),
         ]
     else:
         (rank,) = r.ranks
@@ -143,7 +138,7 @@ def _replace(net: Net, layer: Layer, r: Replacement) -> list[Layer]:
             ("InnerProduct", "inner_product_param",
              {"num_output": rank, "bias_term": False, "axis": axis}),
             ("InnerProduct", "inner_product_param",
-             {"num_output": r.num_output, "bias_term": has_bias, "axis": axis}),
+             {"num_output": geo.num_output, "bias_term": has_bias, "axis": axis}),
         ]
     out = []
     for i, (name, (typ, pname, params)) in enumerate(zip(names, kinds)):

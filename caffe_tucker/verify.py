@@ -170,18 +170,13 @@ def _report_from_nets(original: Net, compressed: Net) -> dict:
     names = {l.name for l in compressed.layers}
     rows = []
     for layer in original.layers:
-        if layer.name in names:
+        if layer.name in names or f"{layer.name}_tk2" not in names:
             continue
-        for method in ("tucker2", "tucker1", "svd"):
-            new = new_layer_names(layer.name, method)
-            if all(n in names for n in new) and not (method != "tucker2"
-                                                     and f"{layer.name}_tk3" in names):
-                if method == "svd" and layer.type != "InnerProduct":
-                    continue
-                if method == "tucker1" and layer.type != "Convolution":
-                    continue
-                rows.append({"name": layer.name, "method": method, "skipped_reason": None})
-                break
+        if f"{layer.name}_tk3" in names:
+            method = "tucker2"
+        else:
+            method = "svd" if layer.type == "InnerProduct" else "tucker1"
+        rows.append({"name": layer.name, "method": method, "skipped_reason": None})
     return {"layers": rows}
 
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .caffe_pb2 import V1LayerParameter
 from .errors import CaffemodelError
+from .upgrade import V1_TYPE_NAMES
 
 __all__ = ["RawBlob", "RawLayer", "RawWeights", "decode_weights", "encode_varint", "encode_blob",
            "encode_field"]
@@ -35,19 +37,14 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 # NetParameter: field number -> wire type that Caffe writes.
 _NET_FIELDS = {1: _LEN, 2: _LEN, 3: _LEN, 4: _VARINT, 5: _VARINT, 6: _LEN, 7: _VARINT,
                8: _LEN, 100: _LEN}
-# V1 value of V1LayerParameter.LayerType -> current type string (only used
-# to label layers of old files; matching is by name).
-_V1_TYPE_NAMES = {
-    0: "", 35: "AbsVal", 1: "Accuracy", 30: "ArgMax", 2: "BNLL", 3: "Concat",
-    37: "ContrastiveLoss", 4: "Convolution", 5: "Data", 39: "Deconvolution", 6: "Dropout",
-    32: "DummyData", 7: "EuclideanLoss", 25: "Eltwise", 38: "Exp", 8: "Flatten",
-    9: "HDF5Data", 10: "HDF5Output", 28: "HingeLoss", 11: "Im2col", 12: "ImageData",
-    13: "InfogainLoss", 14: "InnerProduct", 15: "LRN", 29: "MemoryData",
-    16: "MultinomialLogisticLoss", 34: "MVN", 17: "Pooling", 26: "Power", 18: "ReLU",
-    19: "Sigmoid", 27: "SigmoidCrossEntropyLoss", 36: "Silence", 20: "Softmax",
-    21: "SoftmaxWithLoss", 22: "Split", 33: "Slice", 23: "TanH", 24: "WindowData",
-    31: "Threshold",
-}
+
+
+def _v1_type_name(value: int) -> str:
+    """The current type string of a V1 ``LayerType`` number (labels old files' layers)."""
+    try:
+        return V1_TYPE_NAMES[V1LayerParameter.LayerType.Name(value)]
+    except (ValueError, KeyError):
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,7 @@ def _decode_layer(buf, start: int, end: int, generation: str) -> RawLayer:
         elif field == type_f and wt == _LEN:
             typ = bytes(buf[a:b]).decode("utf-8", "replace")
         elif field == type_f and wt == _VARINT:
-            typ = _V1_TYPE_NAMES.get(a, str(a))
+            typ = _v1_type_name(a)
         elif field == blob_f and wt == _LEN:
             blobs.append(_decode_blob(buf, a, b))
         elif generation == "v1" and field == 1 and wt == _LEN:

@@ -160,3 +160,18 @@ def test_paper_rank_totals(zoo_meta):
     assert round(orig.total_flops / vgg16.total_flops, 2) == 4.04
     orig = analyze(read_prototxt(ZOO / "alexnet" / "deploy.prototxt").for_state("TEST"))
     assert round(orig.total_flops / alex.total_flops, 2) == 4.37
+
+
+@pytest.mark.parametrize("name, method, ranks", CASES + [("conv2", "tucker2", [1, 2])])
+def test_rank_selection_cost_formula_agrees_with_the_emitted_layers(tiny, name, method, ranks):
+    """ranks.decomposed_cost (used to skip layers that would not shrink) == analyze of the rewrite."""
+    from caffe_tucker import analyze
+    from caffe_tucker.ranks import decomposed_cost
+
+    net, shapes = tiny
+    weights, flops = decomposed_cost(net, shapes, name, method, tuple(ranks))
+    new = rewrite_net(net, {name: replacement_for(net, shapes, name, method, ranks)})
+    a = analyze(new)
+    rows = [a.row(n) for n in new_layer_names(name, method)]
+    assert weights == tuple(r.weights for r in rows)
+    assert flops == tuple(r.flops for r in rows)
