@@ -10,16 +10,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo_models"
-SHARED_MODELS = ROOT.parent / "shared" / "models"
+TEST_MODELS = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def shared_models() -> Path:
-    """The three real third-party models; CI always has them beside the checkout."""
-    if not SHARED_MODELS.is_dir():
-        pytest.fail(f"{SHARED_MODELS} is missing: the real-model tests need ../shared/models "
-                    "beside the repository (CI provides it)")
-    return SHARED_MODELS
+    """The three real third-party models, kept in tests/data (provenance in its README)."""
+    return TEST_MODELS
 
 
 @pytest.fixture(scope="session")

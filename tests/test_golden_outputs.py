@@ -1,0 +1,53 @@
+"""The files `convert` writes are pinned byte for byte (issue 8: restructuring must not change them).
+
+The digits model and cifar10_quick are converted from a copy in a temporary directory, run from
+there with relative paths (the deploy's header comment names the input as given). The hashes were
+taken on the code before the stage packages were introduced; a change to any of them is a change
+of behaviour and needs a reason in the commit that updates it.
+"""
+
+import hashlib
+import shutil
+
+import pytest
+
+from conftest import TEST_MODELS, ZOO
+
+PINNED = {
+    "digits": {
+        "deploy.prototxt": "57f1f966b7203becf1110f3fbe53e60116a483d958a6707b729fa94b300b17d8",
+        "weights.caffemodel": "3a33d9ce0cd63e845833948432608e51b9289ce514458b2d66a3b06e8fa104f6",
+        "ranks.json": "41e17fc86c1c78853f39a0f5007289c8a688202715d132db38b94bdae5a860c0",
+        "solver.prototxt": "96d62f58271a95e93ccec9f9f1316f7bfb42f066ea7820221c33165528b293a4",
+        "train_val.prototxt": "fe1b3e0699c990c390b812d13d5d5d1bb1f038d6765eb8d932bd9d9b52724732",
+    },
+    "cifar10_quick": {
+        "deploy.prototxt": "6780df0bb479fc65c419531a751d797421a5b4eec7716160d35eca404cee4bde",
+        "weights.caffemodel": "2c4d2bedbf2c21cc849275e45b7eab7b8b4669c12b6f3a8f84efb8baea16e02d",
+        "ranks.json": "1229f6b13e6f4e005d81c04f86c281d31b47fac9da01a2425a4f1533a5115ef4",
+        "solver.prototxt": "af0f7fe7ec79ba5d11fbcc1f696b0022976cc9b6d701c29243ed02b47b2a4802",
+        "train_val.prototxt": "1f240a7909598dd689a23665cf28853e9fd7d29559502afc36abf63cb1d7a28c",
+    },
+}
+
+
+def _convert(cli, tmp_path, monkeypatch, model):
+    if model == "digits":
+        shutil.copy(ZOO / "digits" / "deploy.prototxt", tmp_path / "net.prototxt")
+        shutil.copy(ZOO / "digits" / "digits.caffemodel", tmp_path / "net.caffemodel")
+        extra = ["--preset", "digits"]
+    else:
+        src = TEST_MODELS / "cifar10_quick"
+        shutil.copy(src / "cifar10_quick.prototxt", tmp_path / "net.prototxt")
+        shutil.copy(src / "cifar10_quick_iter_5000.caffemodel", tmp_path / "net.caffemodel")
+        extra = []
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("convert", "net.prototxt", "-o", "out", "--no-plot", *extra)
+    assert code == 0, err
+    return {name: hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()
+            for name in PINNED[model]}
+
+
+@pytest.mark.parametrize("model", sorted(PINNED))
+def test_convert_outputs_are_pinned(cli, tmp_path, monkeypatch, model):
+    assert _convert(cli, tmp_path, monkeypatch, model) == PINNED[model]
