@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(name: str, workdir: str, vbmf: bool) -> None:
-    from caffe_tucker.convert import ConvertOptions, convert, write_outputs
+    from caffe_tucker.compress.convert import ConvertOptions, convert, write_outputs
     from caffe_tucker.zoo import zoo_model
 
     meta = zoo_model(name)

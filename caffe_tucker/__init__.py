@@ -8,13 +8,13 @@ decompose -> rewrite graph -> emit (:mod:`.emit`) -> verify / benchmark / fine-t
 The public API is what this module exports; everything else may change.
 """
 
-from .analyze import Analysis, LayerCost, analyze
-from .emit import write_caffemodel, write_prototxt
-from .errors import CaffeTuckerError
-from .fillers import init_weights
-from .graph import Layer, Net
-from .read import read_caffemodel, read_net, read_prototxt
-from .shapes import ShapeInfo, fit_weights, infer_shapes
+from caffe_tucker.analysis.cost import Analysis, LayerCost, analyze
+from caffe_tucker.io.emit import write_caffemodel, write_prototxt
+from caffe_tucker.errors import CaffeTuckerError
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.graph import Layer, Net
+from caffe_tucker.io.read import read_caffemodel, read_net, read_prototxt
+from caffe_tucker.analysis.shapes import ShapeInfo, fit_weights, infer_shapes
 
 __version__ = "0.1.0"
 

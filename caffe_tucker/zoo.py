@@ -16,8 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import CaffeTuckerError, InputFileError, OutputExistsError
-from .progress import Progress
+from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
+from caffe_tucker.report.progress import Progress
 
 __all__ = ["zoo_dir", "zoo_names", "zoo_model", "cache_dir", "fetch", "sha1_of"]
 

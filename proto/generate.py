@@ -1,4 +1,4 @@
-"""Regenerate caffe_tucker/caffe_pb2.py from proto/caffe.proto.
+"""Regenerate caffe_tucker/io/caffe_pb2.py from proto/caffe.proto.
 
 Run from the repository root, in an environment that has the pinned code
 generator (it needs protobuf 4.x, so keep it out of the tool's own env):
@@ -22,7 +22,7 @@ import tempfile
 PINNED = "1.62.3"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = os.path.join(ROOT, "proto", "caffe.proto")
-TARGET = os.path.join(ROOT, "caffe_tucker", "caffe_pb2.py")
+TARGET = os.path.join(ROOT, "caffe_tucker", "io", "caffe_pb2.py")
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ def zoo_meta():
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: returns (exit status, stdout, stderr)."""
-    from caffe_tucker.cli import main
+    from caffe_tucker.cli.main import main
 
     def run(*args):
         code = main([str(a) for a in args])
@@ -81,7 +81,7 @@ def in_ci() -> bool:
 @pytest.fixture(scope="session")
 def caffe_command() -> str:
     """The command that runs pycaffe; under CI=true a missing runtime fails, never skips."""
-    from caffe_tucker.runtime import ENV_VAR, runtime_available
+    from caffe_tucker.caffe.pycaffe import ENV_VAR, runtime_available
 
     reason = runtime_available()
     if reason is not None:
@@ -94,7 +94,7 @@ def caffe_command() -> str:
 
 @pytest.fixture(scope="session")
 def caffe(caffe_command):
-    from caffe_tucker.runtime import CaffeRuntime
+    from caffe_tucker.caffe.pycaffe import CaffeRuntime
 
     with CaffeRuntime(caffe_command, timeout=300) as runtime:
         yield runtime

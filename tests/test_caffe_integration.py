@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from caffe_tucker import infer_shapes, read_prototxt
-from caffe_tucker.emit import write_caffemodel
-from caffe_tucker.fillers import init_weights
-from caffe_tucker.ranks import full_ranks
+from caffe_tucker.io.emit import write_caffemodel
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.compress.ranks import full_ranks
 from conftest import ZOO, write
 
 
@@ -105,7 +105,7 @@ layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim:
 layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 } }
 layer { name: "p" type: "Pooling" bottom: "fc" top: "p" pooling_param { kernel_size: 1 } }
 """)
-    from caffe_tucker.runtime import CaffeRuntime, CaffeRuntimeError
+    from caffe_tucker.caffe.pycaffe import CaffeRuntime, CaffeRuntimeError
     with CaffeRuntime(caffe_command, timeout=120) as rt:
         with pytest.raises(CaffeRuntimeError, match="Check failed|axes"):
             rt.forward(proto.read_text(), None, {"data": np.zeros((1, 4), np.float32)})
@@ -129,7 +129,7 @@ def test_verify_with_images(cli, caffe_command, cifar, tmp_path):
     rng = np.random.default_rng(0)
     for i, size in enumerate([(40, 36), (32, 32), (50, 64)]):
         Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(images / f"{i}.png")
-    from caffe_tucker.verify import load_images
+    from caffe_tucker.caffe.verify import load_images
     batch = load_images(images, (1, 3, 32, 32), {"mean_bgr": [100, 110, 120], "scale": 0.5})
     assert batch.shape == (3, 3, 32, 32) and batch.dtype == np.float32
     assert cli("convert", cifar, "-o", tmp_path / "out")[0] == 0

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from caffe_tucker import infer_shapes, load, read_prototxt
-from caffe_tucker.decompose import decompose_layer, reconstruct
-from caffe_tucker.emit import write_caffemodel
-from caffe_tucker.fillers import init_weights
-from caffe_tucker.ranks import RankChoice
-from caffe_tucker.rewrite import new_layer_names, replacement_for, rewrite_net
+from caffe_tucker.compress.decompose import decompose_layer, reconstruct
+from caffe_tucker.io.emit import write_caffemodel
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.compress.ranks import RankChoice
+from caffe_tucker.compress.rewrite import new_layer_names, replacement_for, rewrite_net
 from conftest import ZOO, write
 from reference import conv2d, inner_product, run_layers
 
@@ -166,7 +166,7 @@ def test_paper_rank_totals(zoo_meta):
 def test_rank_selection_cost_formula_agrees_with_the_emitted_layers(tiny, name, method, ranks):
     """ranks.decomposed_cost (used to skip layers that would not shrink) == analyze of the rewrite."""
     from caffe_tucker import analyze
-    from caffe_tucker.ranks import decomposed_cost
+    from caffe_tucker.compress.ranks import decomposed_cost
 
     net, shapes = tiny
     weights, flops = decomposed_cost(net, shapes, name, method, tuple(ranks))

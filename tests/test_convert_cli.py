@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from caffe_tucker import load
-from caffe_tucker.caffe_pb2 import SolverParameter
-from caffe_tucker.read import read_prototxt, read_solver
+from caffe_tucker.io.caffe_pb2 import SolverParameter
+from caffe_tucker.io.read import read_prototxt, read_solver
 from conftest import ZOO, write
 
 FILES = {"deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.prototxt",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from caffe_tucker.decompose import reconstruct, svd_factors, tucker1, tucker2
+from caffe_tucker.compress.decompose import reconstruct, svd_factors, tucker1, tucker2
 
 
 def rel(a, b):

@@ -125,7 +125,7 @@ def test_train_net_is_the_deploy_net_with_a_loss():
 
 def test_vbmf_finds_low_rank_structure_in_every_planned_layer(digits):
     """The point of the default model: the ranks VBMF picks are neither 0 nor full."""
-    from caffe_tucker.vbmf import evbmf
+    from caffe_tucker.compress.vbmf import evbmf
 
     net, _ = digits
     for name, method in META["compress"].items():

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caffe_tucker.cli import main
+from caffe_tucker.cli.main import main
 from caffe_tucker.errors import CaffeTuckerError
-from caffe_tucker.finetune import caffe_argv, finetune, parse_log_line
+from caffe_tucker.caffe.finetune import caffe_argv, finetune, parse_log_line
 
 from conftest import ZOO, in_ci
 

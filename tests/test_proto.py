@@ -5,18 +5,18 @@ import re
 
 from google.protobuf import text_format
 
-from caffe_tucker import caffe_pb2
+from caffe_tucker.io import caffe_pb2
 from conftest import ROOT
 
 SCHEMA = ROOT / "proto" / "caffe.proto"
-GENERATED = ROOT / "caffe_tucker" / "caffe_pb2.py"
+GENERATED = ROOT / "caffe_tucker" / "io" / "caffe_pb2.py"
 
 
 def test_generated_module_is_not_stale():
     stamp = GENERATED.read_text().splitlines()[0]
     digest = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
     assert f"sha256={digest}" in stamp, (
-        "caffe_tucker/caffe_pb2.py is stale: regenerate it with proto/generate.py (see its docstring)")
+        "caffe_tucker/io/caffe_pb2.py is stale: regenerate it with proto/generate.py (see its docstring)")
 
 
 def _schema_fields():

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from caffe_tucker import caffe_pb2, load, read_caffemodel, read_net, read_prototxt
-from caffe_tucker.emit import caffemodel_chunks, write_caffemodel, write_prototxt
+from caffe_tucker import load, read_caffemodel, read_net, read_prototxt
+from caffe_tucker.io import caffe_pb2
+from caffe_tucker.io.emit import caffemodel_chunks, write_caffemodel, write_prototxt
 from caffe_tucker.errors import (CaffemodelError, InputFileError, OutputExistsError,
                                  PrototxtError, WeightsMismatchError)
-from caffe_tucker.fillers import init_weights
-from caffe_tucker.shapes import KNOWN_TYPES
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.analysis.shapes import KNOWN_TYPES
 from conftest import ZOO, write
 
 V1_NET = """

@@ -3,10 +3,10 @@
 
 import pytest
 
-from caffe_tucker.emit import write_caffemodel
-from caffe_tucker.fillers import init_weights
-from caffe_tucker.read import read_prototxt
-from caffe_tucker.reproduce import agrees, compare_with_paper, paper_ranks, printed_value, reproduce
+from caffe_tucker.io.emit import write_caffemodel
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.io.read import read_prototxt
+from caffe_tucker.compress.reproduce import agrees, compare_with_paper, paper_ranks, printed_value, reproduce
 from conftest import ZOO
 
 

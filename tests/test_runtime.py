@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 
-from caffe_tucker import caffe_worker, read_prototxt
-from caffe_tucker.emit import caffemodel_chunks
+from caffe_tucker import read_prototxt
+from caffe_tucker.caffe import worker as caffe_worker
+from caffe_tucker.io.emit import caffemodel_chunks
 from caffe_tucker.errors import CaffeTuckerError
-from caffe_tucker.fillers import init_weights
-from caffe_tucker.runtime import (ENV_VAR, NO_RUNTIME, CaffeRuntime, CaffeRuntimeError,
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.caffe.pycaffe import (ENV_VAR, NO_RUNTIME, CaffeRuntime, CaffeRuntimeError,
                                   CaffeRuntimeUnavailable, caffe_reason, resolve_command,
                                   runtime_available)
 

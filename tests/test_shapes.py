@@ -4,7 +4,7 @@ import pytest
 
 from caffe_tucker import infer_shapes, read_prototxt
 from caffe_tucker.errors import ShapeError
-from caffe_tucker.shapes import parse_input_shapes
+from caffe_tucker.analysis.shapes import parse_input_shapes
 from conftest import write
 
 

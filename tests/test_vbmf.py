@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from caffe_tucker.vbmf import VBMFResult, evbmf
+from caffe_tucker.compress.vbmf import VBMFResult, evbmf
 
 
 def _mp_edge(L, M, sigma):

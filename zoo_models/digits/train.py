@@ -66,7 +66,7 @@ def export_lmdb(directory) -> tuple[Path, Path]:
     import lmdb
 
     sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
-    from caffe_tucker.caffe_pb2 import Datum
+    from caffe_tucker.io.caffe_pb2 import Datum
 
     x_train, y_train, x_test, y_test = load_split()
     out = Path(directory)
@@ -97,7 +97,7 @@ def evaluate(runtime, deploy_text: str, weights: bytes, x, y) -> float:
 def deploy_weights(trained: bytes) -> bytes:
     """The trained train-net caffemodel re-saved with exactly the deploy net's layers."""
     import caffe_tucker as ct
-    from caffe_tucker.emit import caffemodel_chunks
+    from caffe_tucker.io.emit import caffemodel_chunks
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trained.caffemodel"
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
-    from caffe_tucker.runtime import CaffeRuntime
+    from caffe_tucker.caffe.pycaffe import CaffeRuntime
 
     x_train, y_train, x_test, y_test = load_split()
     solver = (HERE / "solver.prototxt").read_text()

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import InputFileError, OutputExistsError
+from caffe_tucker.errors import InputFileError, OutputExistsError
 
 __all__ = ["write_atomic", "check_output", "read_bytes"]
 

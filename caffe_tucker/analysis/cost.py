@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from math import prod
 from typing import Mapping
 
-from .graph import Net
-from .shapes import ShapeInfo, infer_shapes
+from caffe_tucker.graph import Net
+from caffe_tucker.analysis.shapes import ShapeInfo, infer_shapes
 
 __all__ = ["LayerCost", "Analysis", "analyze", "layer_cost"]
 

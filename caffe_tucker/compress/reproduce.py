@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .convert import ConvertOptions, ConvertResult, convert, write_outputs
-from .errors import CaffeTuckerError
+from caffe_tucker.compress.convert import ConvertOptions, ConvertResult, convert, write_outputs
+from caffe_tucker.errors import CaffeTuckerError
 
 __all__ = ["paper_ranks", "printed_value", "agrees", "compare_with_paper", "reproduce"]
 
@@ -93,7 +93,7 @@ def compare_with_paper(meta: dict, report: dict) -> dict:
 def reproduce(name: str, weights=None, paper_ranks_only: bool = False, out_dir=None,
               force: bool = False, progress: bool = True) -> tuple[ConvertResult, dict, Path]:
     """Fetch (if needed), convert with the paper's preset, compare; returns (result, comparison, out)."""
-    from .zoo import fetch, zoo_model
+    from caffe_tucker.zoo import fetch, zoo_model
 
     meta = zoo_model(name)
     if not meta.get("paper"):

@@ -1,4 +1,4 @@
-"""The Caffe worker: runs inside the pycaffe interpreter, driven by :mod:`caffe_tucker.runtime`.
+"""The Caffe worker: runs inside the pycaffe interpreter, driven by :mod:`caffe_tucker.caffe.pycaffe`.
 
 This file is a standalone script.  It needs only the standard library, numpy and pycaffe (BVLC
 Caffe 1.0), runs on Python 3.6 or later, and never imports anything from caffe_tucker: the runtime

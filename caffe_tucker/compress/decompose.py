@@ -41,9 +41,9 @@ import tensorly as tl
 import tensorly.tenalg.svd
 from tensorly.decomposition import partial_tucker
 
-from .graph import Net
-from .ranks import RankChoice, kernel_groups
-from .shapes import ShapeInfo
+from caffe_tucker.graph import Net
+from caffe_tucker.compress.ranks import RankChoice, kernel_groups
+from caffe_tucker.analysis.shapes import ShapeInfo
 
 __all__ = ["Decomposition", "decompose_layer", "kernel_from_new_layers", "tucker2", "tucker1", "svd_factors",
            "reconstruct", "HOOI_MAX_ITER", "HOOI_TOL"]

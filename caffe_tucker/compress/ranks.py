@@ -12,7 +12,7 @@ Rank methods
 ------------
 ``vbmf``
     The rank the empirical VBMF of Nakajima et al. (2013) estimates, the
-    noise variance estimated too (:func:`caffe_tucker.vbmf.evbmf`);
+    noise variance estimated too (:func:`caffe_tucker.compress.vbmf.evbmf`);
     ``weaken`` scales that variance (> 1 keeps fewer components).
 ``energy:F``
     The smallest rank keeping a fraction F of the squared singular values.
@@ -33,10 +33,10 @@ from math import prod
 
 import numpy as np
 
-from .errors import CaffeTuckerError, check_param
-from .graph import Net
-from .shapes import ShapeInfo
-from .vbmf import evbmf
+from caffe_tucker.errors import CaffeTuckerError, check_param
+from caffe_tucker.graph import Net
+from caffe_tucker.analysis.shapes import ShapeInfo
+from caffe_tucker.compress.vbmf import evbmf
 
 __all__ = ["RankChoice", "parse_rank_method", "kernel_groups", "unfoldings", "select_ranks",
            "decomposed_cost", "full_ranks", "check_manual_ranks"]
@@ -253,6 +253,6 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
 
 
 def _flops_of(net: Net, shapes: ShapeInfo, name: str) -> int:
-    from .analyze import layer_cost
+    from caffe_tucker.analysis.cost import layer_cost
 
     return layer_cost(net.layer(name), shapes).flops

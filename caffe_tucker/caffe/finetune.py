@@ -19,7 +19,7 @@ environment.  For ``chroot ROOT ...`` the output directory must lie under ``ROOT
 becomes ``chroot ROOT sh -c 'cd "$1" && shift && exec "$@"' sh /DIR/INSIDE caffe ...`` so that
 Caffe starts in the same directory as seen inside the chroot.
 
-Nothing here prints; the progress bar is :class:`~caffe_tucker.progress.Progress`.
+Nothing here prints; the progress bar is :class:`caffe_tucker.report.progress.Progress`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CaffeTuckerError, InputFileError
-from .fsutil import write_atomic
-from .progress import Progress
+from caffe_tucker.errors import CaffeTuckerError, InputFileError
+from caffe_tucker.io.fsutil import write_atomic
+from caffe_tucker.report.progress import Progress
 
 __all__ = ["FinetuneResult", "finetune", "caffe_argv", "parse_log_line", "CAFFE_ENV_VAR"]
 
@@ -287,7 +287,7 @@ def _read_csv(path: Path) -> dict[int, dict]:
 
 def finetune_png(rows: list[dict], accuracy_name: str | None = None) -> bytes:
     """Training loss and test accuracy against iteration, two panels."""
-    from .plots import png_bytes, pyplot
+    from caffe_tucker.report.plots import png_bytes, pyplot
 
     plt = pyplot()
 
@@ -355,8 +355,8 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
         On missing inputs, or when Caffe exits non-zero (one line: the command and Caffe's last
         error line).  A KeyboardInterrupt stops Caffe with SIGINT (it snapshots) and is re-raised.
     """
-    from .read import read_solver
-    from .trainval import solver_text
+    from caffe_tucker.io.read import read_solver
+    from caffe_tucker.compress.finetune_files import solver_text
 
     out = Path(out_dir)
     if not out.is_dir():

@@ -12,18 +12,18 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .analyze import Analysis, analyze
-from .caffe_pb2 import SolverParameter
-from .decompose import Decomposition, decompose_layer
-from .errors import CaffeTuckerError, InputFileError, OutputExistsError
-from .graph import Net
-from .plan import detect_preset, make_plan
-from .progress import Progress
-from .ranks import RankChoice, check_manual_ranks, select_ranks
-from .read import default_weights_path, read_net, read_prototxt
-from .rewrite import new_layer_names, replacement_for, rewrite_net
-from .shapes import ShapeInfo, fit_weights, infer_shapes
-from .trainval import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, build_solver, build_train_val,
+from caffe_tucker.analysis.cost import Analysis, analyze
+from caffe_tucker.io.caffe_pb2 import SolverParameter
+from caffe_tucker.compress.decompose import Decomposition, decompose_layer
+from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
+from caffe_tucker.graph import Net
+from caffe_tucker.compress.plan import detect_preset, make_plan
+from caffe_tucker.report.progress import Progress
+from caffe_tucker.compress.ranks import RankChoice, check_manual_ranks, select_ranks
+from caffe_tucker.io.read import default_weights_path, read_net, read_prototxt
+from caffe_tucker.compress.rewrite import new_layer_names, replacement_for, rewrite_net
+from caffe_tucker.analysis.shapes import ShapeInfo, fit_weights, infer_shapes
+from caffe_tucker.compress.finetune_files import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, build_solver, build_train_val,
                        deploy_from_train_val, is_train_val)
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert", "write_outputs", "load_ranks_file",
@@ -100,7 +100,7 @@ def ranks_json(choices: dict[str, RankChoice]) -> dict:
 def _zoo_meta(preset: str) -> dict | None:
     if preset == "auto":
         return None
-    from .zoo import zoo_model
+    from caffe_tucker.zoo import zoo_model
 
     return zoo_model(preset)
 
@@ -272,10 +272,10 @@ def check_out_dir(out: Path, force: bool) -> None:
 def write_outputs(result: ConvertResult, out_dir, force: bool = False, plot: bool = True,
                   inputs=()) -> list[Path]:
     """Write every product of :func:`convert` into ``out_dir`` (atomically, file by file)."""
-    from .emit import write_caffemodel, write_prototxt
-    from .fsutil import write_atomic
-    from .report import convert_markdown, dumps_json
-    from .trainval import solver_text
+    from caffe_tucker.io.emit import write_caffemodel, write_prototxt
+    from caffe_tucker.io.fsutil import write_atomic
+    from caffe_tucker.report.tables import convert_markdown, dumps_json
+    from caffe_tucker.compress.finetune_files import solver_text
 
     out = Path(out_dir)
     check_out_dir(out, force)
@@ -300,7 +300,7 @@ def write_outputs(result: ConvertResult, out_dir, force: bool = False, plot: boo
         write_atomic(out / "report.md", convert_markdown(result.report), True, protect),
     ]
     if plot:
-        from .plots import ranks_png
+        from caffe_tucker.report.plots import ranks_png
 
         written.append(write_atomic(out / "ranks.png", ranks_png(result.choices), True, protect))
     return written

@@ -20,10 +20,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from .caffe_pb2 import FillerParameter
-from .errors import UnsupportedLayerError, check_param, where
-from .graph import Net
-from .shapes import infer_shapes
+from caffe_tucker.io.caffe_pb2 import FillerParameter
+from caffe_tucker.errors import UnsupportedLayerError, check_param, where
+from caffe_tucker.graph import Net
+from caffe_tucker.analysis.shapes import infer_shapes
 
 __all__ = ["fill", "init_weights"]
 

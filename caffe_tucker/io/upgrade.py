@@ -22,8 +22,8 @@ Every function returns a new ``caffe.NetParameter``; inputs are not modified.
 
 from __future__ import annotations
 
-from .caffe_pb2 import BlobShape, LayerParameter, NetParameter, V1LayerParameter
-from .errors import PrototxtError
+from caffe_tucker.io.caffe_pb2 import BlobShape, LayerParameter, NetParameter, V1LayerParameter
+from caffe_tucker.errors import PrototxtError
 
 __all__ = ["upgrade_net", "V1_TYPE_NAMES"]
 

@@ -1,4 +1,4 @@
-"""Stage 6, emit: a :class:`~caffe_tucker.graph.Net` -> prototxt text and ``.caffemodel`` bytes.
+"""Stage 6, emit: a :class:`caffe_tucker.graph.Net` -> prototxt text and ``.caffemodel`` bytes.
 
 Output is always Caffe's current schema (``layer`` entries, ``Input``
 layers), deterministic (same net, same bytes) and written atomically; an
@@ -11,10 +11,10 @@ from typing import Sequence
 
 from google.protobuf import text_format
 
-from .caffe_pb2 import NetParameter
-from .fsutil import write_atomic
-from .graph import Net
-from .wire import encode_blob, encode_field, encode_varint
+from caffe_tucker.io.caffe_pb2 import NetParameter
+from caffe_tucker.io.fsutil import write_atomic
+from caffe_tucker.graph import Net
+from caffe_tucker.io.wire import encode_blob, encode_field, encode_varint
 
 __all__ = ["prototxt_text", "caffemodel_chunks", "write_prototxt", "write_caffemodel"]
 

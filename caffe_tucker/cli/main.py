@@ -1,6 +1,6 @@
 """Command-line interface: parses arguments, calls the library, prints.
 
-Every user error is a :class:`~caffe_tucker.errors.CaffeTuckerError`; it is
+Every user error is a :class:`caffe_tucker.errors.CaffeTuckerError`; it is
 printed as one line on stderr and the exit status is 1.  ``--debug`` shows
 the traceback instead.
 """
@@ -11,8 +11,8 @@ import argparse
 import sys
 import traceback
 
-from . import __version__
-from .errors import CaffeTuckerError
+from caffe_tucker import __version__
+from caffe_tucker.errors import CaffeTuckerError
 
 PROG = "caffe-tucker"
 
@@ -58,8 +58,8 @@ def _add_caffe_args(p):
 
 
 def _convert_options(args, **extra):
-    from .convert import ConvertOptions, load_ranks_file
-    from .shapes import parse_input_shapes
+    from caffe_tucker.compress.convert import ConvertOptions, load_ranks_file
+    from caffe_tucker.analysis.shapes import parse_input_shapes
 
     return ConvertOptions(
         preset=args.preset,
@@ -169,10 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args) -> int:
-    from .analyze import analyze
-    from .read import read_net
-    from .report import info_columns, render
-    from .shapes import fit_weights, infer_shapes, parse_input_shapes
+    from caffe_tucker.analysis.cost import analyze
+    from caffe_tucker.io.read import read_net
+    from caffe_tucker.report.tables import info_columns, render
+    from caffe_tucker.analysis.shapes import fit_weights, infer_shapes, parse_input_shapes
 
     net = read_net(args.prototxt, args.weights).for_state(args.phase)
     shapes = infer_shapes(net, parse_input_shapes(args.input_shape))
@@ -198,8 +198,8 @@ def cmd_info(args) -> int:
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from .convert import check_out_dir, convert, write_outputs
-    from .report import human
+    from caffe_tucker.compress.convert import check_out_dir, convert, write_outputs
+    from caffe_tucker.report.tables import human
 
     options = _convert_options(
         args, train_val=args.train_val, train_source=args.train_source, val_source=args.val_source,
@@ -231,9 +231,9 @@ def cmd_convert(args) -> int:
 
 
 def cmd_ranks(args) -> int:
-    from .convert import choose_ranks, ranks_json
-    from .ranks import decomposed_cost
-    from .report import Column, dumps_json, human, render
+    from caffe_tucker.compress.convert import choose_ranks, ranks_json
+    from caffe_tucker.compress.ranks import decomposed_cost
+    from caffe_tucker.report.tables import Column, dumps_json, human, render
 
     net, shapes, preset, choices = choose_ranks(args.prototxt, args.weights, _convert_options(args))
     if args.format == "json":
@@ -259,20 +259,20 @@ def cmd_ranks(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .report import Column, render
-    from .runtime import CaffeRuntime
-    from .verify import resolve_verify_args, verify
+    from caffe_tucker.report.tables import Column, render
+    from caffe_tucker.caffe.pycaffe import CaffeRuntime
+    from caffe_tucker.caffe.verify import resolve_verify_args, verify
 
     o_proto, o_w, n_proto, n_w, report, preset = resolve_verify_args(args.paths)
     preprocess = None
     if preset and preset != "auto":
-        from .zoo import zoo_model
+        from caffe_tucker.zoo import zoo_model
         preprocess = zoo_model(preset).get("preprocess")
     with CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout) as rt:
         result = verify(rt, o_proto, o_w, n_proto, n_w, report, images=args.images,
                         random=args.random, seed=args.seed, preprocess=preprocess)
     if args.format == "json":
-        from .report import dumps_json
+        from caffe_tucker.report.tables import dumps_json
         sys.stdout.write(dumps_json(result.to_dict()))
     else:
         fmt = lambda v: "" if v is None else f"{v:.3g}"
@@ -293,13 +293,13 @@ def cmd_verify(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from .bench import bench, bench_png
-    from .fsutil import write_atomic
-    from .read import read_net
-    from .report import Column, dumps_json, render
-    from .runtime import CaffeRuntime
-    from .shapes import fit_weights, infer_shapes
-    from .verify import _report_from_nets, resolve_verify_args
+    from caffe_tucker.caffe.bench import bench, bench_png
+    from caffe_tucker.io.fsutil import write_atomic
+    from caffe_tucker.io.read import read_net
+    from caffe_tucker.report.tables import Column, dumps_json, render
+    from caffe_tucker.caffe.pycaffe import CaffeRuntime
+    from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
+    from caffe_tucker.caffe.verify import _report_from_nets, resolve_verify_args
 
     o_proto, o_w, n_proto, n_w, report, _ = resolve_verify_args(args.paths)
     try:
@@ -307,7 +307,7 @@ def cmd_bench(args) -> int:
     except ValueError:
         batches = []
     if not batches or min(batches) < 1:
-        from .errors import check_param
+        from caffe_tucker.errors import check_param
         check_param("batch", args.batch, False, "positive integers separated by commas", "bench",
                     exc=CaffeTuckerError)
     nets = []
@@ -339,14 +339,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .report import Column, dumps_json, human, render
-    from .reproduce import reproduce
+    from caffe_tucker.report.tables import Column, dumps_json, human, render
+    from caffe_tucker.compress.reproduce import reproduce
 
     result, cmp, out = reproduce(args.model, weights=args.weights, paper_ranks_only=args.paper_ranks,
                                  out_dir=args.output, force=args.force)
     if args.bench:
-        from .bench import bench
-        from .runtime import CaffeRuntime
+        from caffe_tucker.caffe.bench import bench
+        from caffe_tucker.caffe.pycaffe import CaffeRuntime
         with CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout) as rt:
             cmp["bench"] = {str(b): r for b, r in bench(
                 rt, result.original, result.compressed, result.report, (1,), 10, 3)["batches"].items()}
@@ -380,10 +380,10 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_init(args) -> int:
-    from .emit import write_caffemodel
-    from .fillers import init_weights
-    from .read import read_prototxt
-    from .shapes import parse_input_shapes
+    from caffe_tucker.io.emit import write_caffemodel
+    from caffe_tucker.io.fillers import init_weights
+    from caffe_tucker.io.read import read_prototxt
+    from caffe_tucker.analysis.shapes import parse_input_shapes
 
     net = init_weights(read_prototxt(args.prototxt), seed=args.seed,
                        input_shapes=parse_input_shapes(args.input_shape))
@@ -394,7 +394,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from .zoo import fetch, sha1_of, zoo_model
+    from caffe_tucker.zoo import fetch, sha1_of, zoo_model
 
     path = fetch(args.model, dest=args.output, url=args.url, force=args.force)
     if not zoo_model(args.model)["weights"].get("sha1"):
@@ -407,7 +407,7 @@ def cmd_fetch(args) -> int:
 def cmd_finetune(args) -> int:
     import os
 
-    from .finetune import CAFFE_ENV_VAR, finetune
+    from caffe_tucker.caffe.finetune import CAFFE_ENV_VAR, finetune
 
     caffe_cmd = args.caffe or os.environ.get(CAFFE_ENV_VAR) or "caffe"
     r = finetune(args.out_dir, caffe_cmd, gpu=args.gpu, max_iter=args.max_iter, resume=args.resume)

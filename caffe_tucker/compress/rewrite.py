@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .caffe_pb2 import LayerParameter, ParamSpec
-from .errors import CaffeTuckerError, where
-from .graph import Layer, Net, make_spec
-from .shapes import ConvGeometry, ShapeInfo
+from caffe_tucker.io.caffe_pb2 import LayerParameter, ParamSpec
+from caffe_tucker.errors import CaffeTuckerError, where
+from caffe_tucker.graph import Layer, Net, make_spec
+from caffe_tucker.analysis.shapes import ConvGeometry, ShapeInfo
 
 __all__ = ["Replacement", "replacement_for", "rewrite_net", "new_layer_names"]
 

@@ -1,10 +1,10 @@
-"""Stage 1, read: prototxt + caffemodel -> :class:`~caffe_tucker.graph.Net`.
+"""Stage 1, read: prototxt + caffemodel -> :class:`caffe_tucker.graph.Net`.
 
 Text nets of any schema generation are parsed and upgraded to the current
-format (:mod:`caffe_tucker.upgrade`), so no later stage sees two schemas.
+format (:mod:`caffe_tucker.io.upgrade`), so no later stage sees two schemas.
 Weights are matched to layers by name, as Caffe's ``CopyTrainedLayersFrom``
 does; their shapes are checked against the net once shapes are known
-(:func:`caffe_tucker.shapes.fit_weights`).
+(:func:`caffe_tucker.analysis.shapes.fit_weights`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .caffe_pb2 import NetParameter, SolverParameter
-from .errors import CaffemodelError, InputFileError, PrototxtError
-from .fsutil import read_bytes
-from .graph import Layer, Net
-from .upgrade import upgrade_net
-from .wire import RawWeights, decode_weights
+from caffe_tucker.io.caffe_pb2 import NetParameter, SolverParameter
+from caffe_tucker.errors import CaffemodelError, InputFileError, PrototxtError
+from caffe_tucker.io.fsutil import read_bytes
+from caffe_tucker.graph import Layer, Net
+from caffe_tucker.io.upgrade import upgrade_net
+from caffe_tucker.io.wire import RawWeights, decode_weights
 
 __all__ = ["read_prototxt", "read_caffemodel", "read_net", "attach_weights", "parse_net_text",
            "read_solver"]

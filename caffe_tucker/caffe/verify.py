@@ -1,6 +1,6 @@
 """Stage 7a, verify: the compressed net against the original, in real Caffe.
 
-Two comparisons, both run by Caffe itself through :mod:`caffe_tucker.runtime`:
+Two comparisons, both run by Caffe itself through :mod:`caffe_tucker.caffe.pycaffe`:
 
 1. **Approximation**: the original and the compressed net on the same inputs
    (random, or images preprocessed as the zoo metadata says): per output
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .decompose import kernel_from_new_layers
-from .errors import CaffeTuckerError, InputFileError
-from .graph import Net
-from .read import read_net
-from .rewrite import new_layer_names
-from .shapes import fit_weights, infer_shapes
-from .trainval import deploy_from_train_val, is_train_val
+from caffe_tucker.compress.decompose import kernel_from_new_layers
+from caffe_tucker.errors import CaffeTuckerError, InputFileError
+from caffe_tucker.graph import Net
+from caffe_tucker.io.read import read_net
+from caffe_tucker.compress.rewrite import new_layer_names
+from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
+from caffe_tucker.compress.finetune_files import deploy_from_train_val, is_train_val
 
 __all__ = ["BlobComparison", "VerifyResult", "verify", "reconstructed_original", "load_images",
            "compare_outputs", "resolve_verify_args"]

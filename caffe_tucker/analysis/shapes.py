@@ -1,6 +1,6 @@
 """Stage 2a, analyze (shapes): blob shapes through a net, as Caffe's ``Reshape`` computes them.
 
-:func:`infer_shapes` walks a phase-filtered :class:`~caffe_tucker.graph.Net`
+:func:`infer_shapes` walks a phase-filtered :class:`caffe_tucker.graph.Net`
 in order and computes every top blob's shape and every layer's expected
 parameter-blob shapes, using Caffe's own rules (convolution floor rounding,
 pooling ceil rounding with its clipping rule, ``axis`` handling, legacy
@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import ShapeError, WeightsMismatchError, where
-from .graph import Layer, Net
+from caffe_tucker.errors import ShapeError, WeightsMismatchError, where
+from caffe_tucker.graph import Layer, Net
 
 __all__ = ["ConvGeometry", "LayerShapes", "ShapeInfo", "conv_geometry", "infer_shapes",
            "fit_weights", "parse_input_shapes", "KNOWN_TYPES"]

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .caffe_pb2 import V1LayerParameter
-from .errors import CaffemodelError
-from .upgrade import V1_TYPE_NAMES
+from caffe_tucker.io.caffe_pb2 import V1LayerParameter
+from caffe_tucker.errors import CaffemodelError
+from caffe_tucker.io.upgrade import V1_TYPE_NAMES
 
 __all__ = ["RawBlob", "RawLayer", "RawWeights", "decode_weights", "encode_varint", "encode_blob",
            "encode_field"]

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import statistics
 
-from .analyze import analyze
-from .graph import Net
-from .rewrite import new_layer_names
-from .shapes import infer_shapes
+from caffe_tucker.analysis.cost import analyze
+from caffe_tucker.graph import Net
+from caffe_tucker.compress.rewrite import new_layer_names
+from caffe_tucker.analysis.shapes import infer_shapes
 
 __all__ = ["bench", "bench_png"]
 
 
 def _with_batch(net: Net, batch: int) -> Net:
     """The net with every Input layer's batch dimension set to ``batch``."""
-    from .graph import make_spec
+    from caffe_tucker.graph import make_spec
 
     layers = []
     for layer in net.layers:
@@ -88,7 +88,7 @@ def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), i
 
 def bench_png(result: dict) -> bytes:
     """Bar chart per layer: original vs compressed time, one panel per batch size."""
-    from .plots import png_bytes, pyplot
+    from caffe_tucker.report.plots import png_bytes, pyplot
 
     plt = pyplot()
     import numpy as np

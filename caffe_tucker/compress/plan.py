@@ -23,9 +23,9 @@ with a kernel larger than 1×1 ``tucker2``, every fully connected layer
 
 from __future__ import annotations
 
-from .errors import CaffeTuckerError, check_param
-from .graph import Net
-from .shapes import ShapeInfo
+from caffe_tucker.errors import CaffeTuckerError, check_param
+from caffe_tucker.graph import Net
+from caffe_tucker.analysis.shapes import ShapeInfo
 
 __all__ = ["METHODS", "presets", "make_plan", "detect_preset", "decomposable"]
 
@@ -34,7 +34,7 @@ METHODS = ("tucker2", "tucker1", "svd")
 
 def presets() -> tuple[str, ...]:
     """``auto`` and every zoo model with a ``compress`` map."""
-    from .zoo import zoo_model, zoo_names
+    from caffe_tucker.zoo import zoo_model, zoo_names
 
     return ("auto",) + tuple(n for n in zoo_names() if zoo_model(n).get("compress"))
 
@@ -68,8 +68,8 @@ def decomposable(net: Net, shapes: ShapeInfo, name: str, method: str) -> str | N
 
 def detect_preset(net: Net) -> str:
     """The zoo preset whose deploy has exactly this net's conv/fc layers, else ``auto``."""
-    from .read import read_prototxt
-    from .zoo import zoo_model
+    from caffe_tucker.io.read import read_prototxt
+    from caffe_tucker.zoo import zoo_model
 
     def signature(n: Net):
         return [(l.name, l.type) for l in n.layers if l.type in ("Convolution", "InnerProduct")]
@@ -103,7 +103,7 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) ->
     if preset == "auto":
         plan = auto
     else:
-        from .zoo import zoo_model
+        from caffe_tucker.zoo import zoo_model
 
         wanted = zoo_model(preset)["compress"]
         missing = [n for n in wanted if n not in shapes.layers]

@@ -18,9 +18,9 @@ import math
 
 from google.protobuf import text_format
 
-from .caffe_pb2 import SolverParameter
-from .errors import CaffeTuckerError, check_param
-from .graph import Layer, Net, make_spec
+from caffe_tucker.io.caffe_pb2 import SolverParameter
+from caffe_tucker.errors import CaffeTuckerError, check_param
+from caffe_tucker.graph import Layer, Net, make_spec
 
 __all__ = ["PLACEHOLDER_TRAIN", "PLACEHOLDER_VAL", "build_train_val", "build_solver", "solver_text"]
 

@@ -3,7 +3,7 @@
 The tool never imports caffe.  A :class:`CaffeRuntime` starts the Python that has pycaffe from a
 command prefix -- ``chroot /opt/caffe-root python3``, ``docker run --rm -i caffe-tucker:cpu
 python3``, ``conda run -n caffe python`` -- given explicitly or by ``$CAFFE_TUCKER_PYTHON``, runs
-:mod:`caffe_tucker.caffe_worker` in it and talks to it over its stdin/stdout (the framing is
+:mod:`caffe_tucker.caffe.worker` in it and talks to it over its stdin/stdout (the framing is
 described in that module)::
 
     with CaffeRuntime() as caffe:
@@ -36,8 +36,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import caffe_worker as _proto
-from .errors import CaffeTuckerError
+from caffe_tucker.caffe import worker as _proto
+from caffe_tucker.errors import CaffeTuckerError
 
 __all__ = ["CaffeRuntime", "CaffeRuntimeError", "CaffeRuntimeUnavailable", "ENV_VAR",
            "DEFAULT_TIMEOUT", "resolve_command", "runtime_available"]
@@ -221,10 +221,10 @@ def _kill_group(proc: subprocess.Popen):
 
 def _net_sources(prototxt, caffemodel) -> tuple[str, bytes | None]:
     """Prototxt text and caffemodel bytes from text/bytes, paths, or a caffe_tucker Net."""
-    from .graph import Net
+    from caffe_tucker.graph import Net
 
     if isinstance(prototxt, Net):
-        from .emit import caffemodel_chunks, prototxt_text
+        from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
         net = prototxt
         prototxt = prototxt_text(net)
         if caffemodel is None and any(layer.blobs for layer in net.layers):
