@@ -1,36 +1,38 @@
-"""caffe_tucker: compress trained Caffe CNNs with VBMF-ranked Tucker decompositions.
+"""caffe_tucker: compress trained Caffe CNNs and hand them back to Caffe.
 
-The pipeline of Kim et al. (ICLR 2016), one module per stage:
+The pipeline, one package per stage:
 
-read (:mod:`.read`) -> analyze (:mod:`.shapes`, :mod:`.analyze`) -> select ranks ->
-decompose -> rewrite graph -> emit (:mod:`.emit`) -> verify / benchmark / fine-tune.
+``io`` (read, upgrade, emit) -> ``model.load_model`` -> ``analysis`` (shapes, cost) ->
+``compress`` (plan, ranks, methods, decompose, rewrite, record, convert) ->
+``caffe`` (verify / bench / finetune in real Caffe) ; ``report`` renders, ``cli`` parses.
 
 The public API is what this module exports; everything else may change.
 """
 
 from caffe_tucker.analysis.cost import Analysis, LayerCost, analyze
-from caffe_tucker.io.emit import write_caffemodel, write_prototxt
-from caffe_tucker.errors import CaffeTuckerError
-from caffe_tucker.io.fillers import init_weights
-from caffe_tucker.graph import Layer, Net
-from caffe_tucker.io.read import read_caffemodel, read_net, read_prototxt
 from caffe_tucker.analysis.shapes import ShapeInfo, fit_weights, infer_shapes
+from caffe_tucker.compress.convert import ConvertOptions, ConvertResult, convert, write_outputs
+from caffe_tucker.compress.methods import Method, get_method, method_names, register
+from caffe_tucker.compress.record import CompressionRecord, LayerRecord, read_record
+from caffe_tucker.errors import CaffeTuckerError
+from caffe_tucker.graph import Layer, Net
+from caffe_tucker.io.emit import write_caffemodel, write_prototxt
+from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.io.read import read_caffemodel, read_net, read_prototxt
+from caffe_tucker.model import Model, load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "Analysis", "CaffeTuckerError", "Layer", "LayerCost", "Net", "ShapeInfo", "analyze",
-    "fit_weights", "infer_shapes", "init_weights", "load", "read_caffemodel", "read_net",
-    "read_prototxt", "write_caffemodel", "write_prototxt", "__version__",
+    "Analysis", "CaffeTuckerError", "CompressionRecord", "ConvertOptions", "ConvertResult",
+    "Layer", "LayerCost", "LayerRecord", "Method", "Model", "Net", "ShapeInfo", "analyze",
+    "convert", "fit_weights", "get_method", "infer_shapes", "init_weights", "load", "load_model",
+    "method_names", "read_caffemodel", "read_net", "read_prototxt", "read_record", "register",
+    "write_caffemodel", "write_outputs", "write_prototxt", "__version__",
 ]
 
 
 def load(prototxt, weights=None, phase="TEST", input_shapes=None):
-    """Read a net (and weights), filter it for ``phase`` and check the weights' shapes.
-
-    Returns ``(net, shapes)``: the filtered :class:`Net` with blobs fitted to
-    the shapes Caffe expects, and its :class:`ShapeInfo`.
-    """
-    net = read_net(prototxt, weights).for_state(phase)
-    shapes = infer_shapes(net, input_shapes)
-    return fit_weights(net, shapes), shapes
+    """``(net, shapes)`` of :func:`load_model` (read, filter the phase, fit the blobs)."""
+    model = load_model(prototxt, weights, phase=phase, input_shapes=input_shapes)
+    return model.net, model.shapes

@@ -13,41 +13,39 @@ from __future__ import annotations
 
 import statistics
 
-from caffe_tucker.analysis.cost import analyze
-from caffe_tucker.graph import Net
-from caffe_tucker.compress.rewrite import new_layer_names
-from caffe_tucker.analysis.shapes import infer_shapes
+import numpy as np
+
+from caffe_tucker.caffe.verify import NetPair
+from caffe_tucker.graph import Layer, Net, make_spec
+from caffe_tucker.report.plots import png_bytes, pyplot
 
 __all__ = ["bench", "bench_png"]
 
 
 def _with_batch(net: Net, batch: int) -> Net:
     """The net with every Input layer's batch dimension set to ``batch``."""
-    from caffe_tucker.graph import make_spec
-
     layers = []
     for layer in net.layers:
         if layer.type == "Input":
             shapes = [{"dim": [batch] + list(s.dim[1:])} for s in layer.spec.input_param.shape]
             spec = make_spec(layer.name, "Input", [], list(layer.tops), base=layer.spec,
                              input_param={"shape": shapes})
-            layers.append(type(layer)(spec=spec, blobs=layer.blobs, line=layer.line))
+            layers.append(Layer(spec=spec, blobs=layer.blobs, line=layer.line))
         else:
             layers.append(layer)
     return net.with_layers(layers)
 
 
-def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), iterations: int = 20,
-          repeats: int = 3, warmup: int = 3) -> dict:
+def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: int = 3,
+          warmup: int = 3) -> dict:
     """Time both nets for each batch size; returns ``{"batches": {batch: result}}``.
 
     Each result is ``{"layers": [{"name", "method", "original_ms", "compressed_ms", "parts_ms",
     "speedup", "theoretical", "quotient"}], "total": {"original_ms", "compressed_ms",
     "speedup", "theoretical", "quotient"}}``.
     """
-    compressed_rows = {r["name"]: r for r in report["layers"] if r.get("skipped_reason") is None}
-    flops_o = analyze(original, infer_shapes(original))
-    flops_c = analyze(compressed, infer_shapes(compressed))
+    original, compressed = pair.original.net, pair.compressed.net
+    compressed_rows = {r.name: r for r in pair.record.compressed}
     out = {}
     for batch in batches:
         o_net, c_net = _with_batch(original, batch), _with_batch(compressed, batch)
@@ -68,9 +66,9 @@ def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), i
             row = {"name": layer.name, "type": layer.type, "original_ms": o_ms}
             if layer.name in compressed_rows:
                 r = compressed_rows[layer.name]
-                parts = [median_of(runs_c, n) for n in new_layer_names(layer.name, r["method"])]
-                row.update(method=r["method"], parts_ms=parts, compressed_ms=sum(parts),
-                           theoretical=r["flops_before"] / r["flops_after"])
+                parts = [median_of(runs_c, n) for n in r.new_layers]
+                row.update(method=r.method, parts_ms=parts, compressed_ms=sum(parts),
+                           theoretical=r.flops_ratio)
             else:
                 row.update(method=None, parts_ms=None, compressed_ms=median_of(runs_c, layer.name),
                            theoretical=1.0)
@@ -79,7 +77,7 @@ def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), i
             rows.append(row)
         o_total = statistics.median(r["forward_ms"] for r in runs_o)
         c_total = statistics.median(r["forward_ms"] for r in runs_c)
-        theoretical = flops_o.total_flops / flops_c.total_flops
+        theoretical = pair.record.total.flops_ratio
         out[batch] = {"layers": rows, "total": {
             "original_ms": o_total, "compressed_ms": c_total, "speedup": o_total / c_total,
             "theoretical": theoretical, "quotient": (o_total / c_total) / theoretical}}
@@ -88,10 +86,7 @@ def bench(runtime, original: Net, compressed: Net, report: dict, batches=(1,), i
 
 def bench_png(result: dict) -> bytes:
     """Bar chart per layer: original vs compressed time, one panel per batch size."""
-    from caffe_tucker.report.plots import png_bytes, pyplot
-
     plt = pyplot()
-    import numpy as np
 
     batches = list(result["batches"])
     fig, axes = plt.subplots(len(batches), 1, figsize=(10, 3.6 * len(batches)), squeeze=False)

@@ -11,30 +11,75 @@ Two comparisons, both run by Caffe itself through :mod:`caffe_tucker.caffe.pycaf
    what the original net computes with each compressed kernel replaced by
    the kernel its factors stand for (its Tucker/SVD reconstruction).  A
    difference beyond float tolerance here is a bug, not approximation.
+
+Both nets and the :class:`~caffe_tucker.compress.record.CompressionRecord`
+come from :func:`load_pair`: a ``convert`` output directory (its
+``report.json``), or four files (the record is then told from the nets).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from caffe_tucker.compress.decompose import kernel_from_new_layers
+from caffe_tucker.compress.methods import get_method
+from caffe_tucker.compress.record import CompressionRecord, read_record, record_from_nets
 from caffe_tucker.errors import CaffeTuckerError, InputFileError
 from caffe_tucker.graph import Net
-from caffe_tucker.io.read import read_net
-from caffe_tucker.compress.rewrite import new_layer_names
-from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
-from caffe_tucker.compress.finetune_files import deploy_from_train_val, is_train_val
+from caffe_tucker.model import Model, load_model
+from caffe_tucker.zoo import zoo_model
 
-__all__ = ["BlobComparison", "VerifyResult", "verify", "reconstructed_original", "load_images",
-           "compare_outputs", "resolve_verify_args"]
+__all__ = ["BlobComparison", "VerifyResult", "NetPair", "load_pair", "verify",
+           "reconstructed_original", "load_images", "compare_outputs", "net_outputs",
+           "DECOMPOSITION_TOLERANCE"]
 
 #: The decomposition check fails beyond this relative difference.
 DECOMPOSITION_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True, eq=False)
+class NetPair:
+    """An original net, its compressed version, and the record that links them."""
+
+    original: Model
+    compressed: Model
+    record: CompressionRecord
+    out_dir: Path | None = None
+
+    @property
+    def preprocess(self) -> dict | None:
+        """The zoo model's preprocessing, when the record names a zoo preset."""
+        preset = self.record.preset
+        if preset in ("auto", "unknown") or not preset:
+            return None
+        return zoo_model(preset).get("preprocess")
+
+
+def load_pair(paths) -> NetPair:
+    """``[out_dir]`` or ``[orig.prototxt, orig.caffemodel, new.prototxt, new.caffemodel]``."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        out = paths[0]
+        record = read_record(out)
+        compressed = load_model(out / "deploy.prototxt", out / "weights.caffemodel")
+        if record.source_prototxt is None or record.source_weights is None:
+            raise InputFileError(f"{out / 'report.json'}: names no source net; hint: give the four "
+                                 "files instead")
+        original = load_model(record.source_prototxt, record.source_weights, deploy=True,
+                              data_shapes=dict(compressed.shapes.inputs))
+        return NetPair(original, compressed, record, out)
+    if len(paths) == 4:
+        compressed = load_model(paths[2], paths[3])
+        original = load_model(paths[0], paths[1], deploy=True,
+                              data_shapes=dict(compressed.shapes.inputs))
+        return NetPair(original, compressed, record_from_nets(original, compressed))
+    raise CaffeTuckerError(f"verify and bench take an output directory or four files (original "
+                           f"prototxt and caffemodel, compressed prototxt and caffemodel), got "
+                           f"{len(paths)}")
 
 
 @dataclass(frozen=True)
@@ -95,22 +140,23 @@ def compare_outputs(reference: dict, other: dict) -> tuple[BlobComparison, ...]:
     return tuple(out)
 
 
-def reconstructed_original(original: Net, compressed: Net, report: dict) -> Net:
+def reconstructed_original(pair: NetPair) -> Net:
     """The original net with each compressed layer's kernel replaced by its reconstruction."""
-    methods = {r["name"]: r["method"] for r in report["layers"] if r.get("skipped_reason") is None}
-    orig_shapes = infer_shapes(original)
+    original, compressed = pair.original, pair.compressed.net
+    rows = {r.name: r for r in pair.record.compressed}
     layers = []
-    for layer in original.layers:
-        method = methods.get(layer.name)
-        if method is None:
+    for layer in original.net.layers:
+        r = rows.get(layer.name)
+        if r is None:
             layers.append(layer)
             continue
-        new = [compressed.layer(n) for n in new_layer_names(layer.name, method)]
-        group = orig_shapes.layers[layer.name].geometry.group if layer.type == "Convolution" else 1
-        kernel = kernel_from_new_layers(method, [l.blobs for l in new], group)
+        new = [compressed.layer(n) for n in r.new_layers]
+        geometry = original.shapes.layers[layer.name].geometry
+        group = geometry.group if geometry is not None else 1
+        kernel = get_method(r.method).kernel_from_blobs([l.blobs for l in new], group)
         layers.append(layer.with_blobs((kernel.reshape(layer.blobs[0].shape).astype(np.float32),)
                                        + tuple(layer.blobs[1:])))
-    return original.with_layers(layers)
+    return original.net.with_layers(layers)
 
 
 def load_images(directory, shape: tuple, preprocess: dict | None, limit: int | None = None) -> np.ndarray:
@@ -120,8 +166,6 @@ def load_images(directory, shape: tuple, preprocess: dict | None, limit: int | N
     the crop size), center-cropped to the net's H×W, converted to BGR (Caffe's
     channel order; grayscale for one-channel nets), mean-subtracted and scaled.
     """
-    from PIL import Image
-
     paths = sorted(p for p in Path(directory).iterdir()
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm"))
     if not paths:
@@ -146,50 +190,9 @@ def load_images(directory, shape: tuple, preprocess: dict | None, limit: int | N
     return np.stack(batch)
 
 
-def resolve_verify_args(paths: list[str]) -> tuple:
-    """``[out_dir]`` or ``[orig.prototxt, orig.caffemodel, new.prototxt, new.caffemodel]``
-    -> (orig_proto, orig_weights, new_proto, new_weights, report or None, preset)."""
-    if len(paths) == 1:
-        out = Path(paths[0])
-        report_path = out / "report.json"
-        if not report_path.is_file():
-            raise InputFileError(f"{out}: not a convert output directory (no report.json); hint: "
-                                 "give the four files instead")
-        report = json.loads(report_path.read_text())
-        src = report["source"]
-        return (src["prototxt"], src["weights"], out / "deploy.prototxt",
-                out / "weights.caffemodel", report, report.get("preset"))
-    if len(paths) == 4:
-        return (*paths, None, None)
-    raise CaffeTuckerError(f"verify takes an output directory or four files (original prototxt and "
-                           f"caffemodel, compressed prototxt and caffemodel), got {len(paths)}")
-
-
-def _report_from_nets(original: Net, compressed: Net) -> dict:
-    """For four-file verify: which layers were compressed, told by the new layers' names."""
-    names = {l.name for l in compressed.layers}
-    rows = []
-    for layer in original.layers:
-        if layer.name in names or f"{layer.name}_tk2" not in names:
-            continue
-        if f"{layer.name}_tk3" in names:
-            method = "tucker2"
-        else:
-            method = "svd" if layer.type == "InnerProduct" else "tucker1"
-        rows.append({"name": layer.name, "method": method, "skipped_reason": None})
-    return {"layers": rows}
-
-
-def verify(runtime, orig_proto, orig_weights, new_proto, new_weights, report: dict | None = None,
-           images=None, random: int = 2, seed: int = 0, preprocess: dict | None = None) -> VerifyResult:
+def verify(runtime, pair: NetPair, images=None, random: int = 2, seed: int = 0) -> VerifyResult:
     """Run both comparisons in Caffe; see the module docstring."""
-    original = read_net(orig_proto, orig_weights).for_state("TEST")
-    compressed = read_net(new_proto, new_weights).for_state("TEST")
-    c_shapes = infer_shapes(compressed)
-    if is_train_val(original):  # convert was given a train_val: compare its deploy
-        original = deploy_from_train_val(original, infer_shapes(original, dict(c_shapes.inputs)))
-    o_shapes = infer_shapes(original)
-    original, compressed = fit_weights(original, o_shapes), fit_weights(compressed, c_shapes)
+    o_shapes, c_shapes = pair.original.shapes, pair.compressed.shapes
     if set(o_shapes.inputs) != set(c_shapes.inputs):
         raise CaffeTuckerError(f"the nets have different inputs: {sorted(o_shapes.inputs)} vs "
                                f"{sorted(c_shapes.inputs)}")
@@ -197,29 +200,26 @@ def verify(runtime, orig_proto, orig_weights, new_proto, new_weights, report: di
         if tuple(c_shapes.inputs[name]) != tuple(shape):
             raise CaffeTuckerError(f"input '{name}' is {list(shape)} in the original but "
                                    f"{list(c_shapes.inputs[name])} in the compressed net")
-    report = report or _report_from_nets(original, compressed)
     rng = np.random.default_rng(seed)
     inputs = {}
     for name, shape in o_shapes.inputs.items():
         if images is not None and not inputs:
-            inputs[name] = load_images(images, tuple(shape), preprocess)
+            inputs[name] = load_images(images, tuple(shape), pair.preprocess)
         else:
             inputs[name] = rng.standard_normal((random,) + tuple(shape[1:])).astype(np.float32)
-    outputs = _net_outputs(original)
-    ref = runtime.forward(original, None, inputs, blobs=outputs)
-    got = runtime.forward(compressed, None, inputs, blobs=outputs)
-    recon = runtime.forward(reconstructed_original(original, compressed, report), None, inputs,
-                            blobs=outputs)
+    outputs = net_outputs(pair.original.net)
+    ref = runtime.forward(pair.original.net, None, inputs, blobs=outputs)
+    got = runtime.forward(pair.compressed.net, None, inputs, blobs=outputs)
+    recon = runtime.forward(reconstructed_original(pair), None, inputs, blobs=outputs)
     approximation = compare_outputs(ref, got)
     decomposition = compare_outputs(recon, got)
     passed = all(c.max_rel <= DECOMPOSITION_TOLERANCE for c in decomposition)
-    compressed_layers = tuple(r["name"] for r in report["layers"] if r.get("skipped_reason") is None)
     return VerifyResult(approximation=approximation, decomposition=decomposition,
-                        compressed_layers=compressed_layers,
+                        compressed_layers=tuple(r.name for r in pair.record.compressed),
                         inputs={k: v.shape for k, v in inputs.items()}, passed=passed)
 
 
-def _net_outputs(net: Net) -> list[str]:
+def net_outputs(net: Net) -> list[str]:
     """Blobs produced and never consumed (Caffe's net outputs)."""
     consumed, produced = set(), []
     for layer in net.layers:

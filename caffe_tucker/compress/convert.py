@@ -1,8 +1,10 @@
-"""One-shot whole-network compression: read → analyze → select ranks → decompose → rewrite.
+"""One-shot whole-network compression: load → plan → select ranks → decompose → rewrite.
 
 :func:`convert` runs the paper's method on a net and returns every product
-in a :class:`ConvertResult`; :func:`write_outputs` writes them into an
-output directory.  Nothing here formats text for the terminal.
+in a :class:`ConvertResult`, whose :class:`~caffe_tucker.compress.record.CompressionRecord`
+says what was done; :func:`write_outputs` writes them into an output directory
+(as a whole: see :func:`caffe_tucker.io.fsutil.write_directory`).  Nothing here
+formats text for the terminal.
 """
 
 from __future__ import annotations
@@ -12,22 +14,31 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from caffe_tucker.analysis.cost import Analysis, analyze
-from caffe_tucker.io.caffe_pb2 import SolverParameter
+from caffe_tucker.analysis.cost import analyze
+from caffe_tucker.analysis.shapes import ShapeInfo, infer_shapes
 from caffe_tucker.compress.decompose import Decomposition, decompose_layer
-from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
-from caffe_tucker.graph import Net
+from caffe_tucker.compress.methods import get_method
+from caffe_tucker.compress.finetune_files import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES,
+                                                  build_solver, build_train_val, solver_text)
 from caffe_tucker.compress.plan import detect_preset, make_plan
-from caffe_tucker.report.progress import Progress
 from caffe_tucker.compress.ranks import RankChoice, check_manual_ranks, select_ranks
-from caffe_tucker.io.read import default_weights_path, read_net, read_prototxt
-from caffe_tucker.compress.rewrite import new_layer_names, replacement_for, rewrite_net
-from caffe_tucker.analysis.shapes import ShapeInfo, fit_weights, infer_shapes
-from caffe_tucker.compress.finetune_files import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES, build_solver, build_train_val,
-                       deploy_from_train_val, is_train_val)
+from caffe_tucker.compress.record import CompressionRecord, LayerRecord, Totals
+from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
+from caffe_tucker.errors import CaffeTuckerError, InputFileError
+from caffe_tucker.graph import Net
+from caffe_tucker.io.caffe_pb2 import SolverParameter
+from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
+from caffe_tucker.io.fsutil import check_out_dir, write_directory
+from caffe_tucker.io.read import default_weights_path, read_prototxt
+from caffe_tucker.model import Model, load_model
+from caffe_tucker.report.markdown import convert_markdown
+from caffe_tucker.report.plots import ranks_png
+from caffe_tucker.report.progress import Progress
+from caffe_tucker.report.tables import dumps_json
+from caffe_tucker.zoo import zoo_model
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert", "write_outputs", "load_ranks_file",
-           "ranks_json", "choose_ranks", "check_out_dir", "OUTPUT_FILES"]
+           "choose_ranks", "OUTPUT_FILES"]
 
 OUTPUT_FILES = ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.prototxt",
                 "ranks.json", "report.json", "report.md", "ranks.png")
@@ -56,8 +67,9 @@ class ConvertOptions:
 
 @dataclass(frozen=True, eq=False)
 class ConvertResult:
-    original: Net
-    shapes: ShapeInfo
+    """Every product of :func:`convert`."""
+
+    original: Model
     compressed: Net
     compressed_shapes: ShapeInfo
     preset: str
@@ -65,12 +77,12 @@ class ConvertResult:
     decompositions: dict[str, Decomposition]
     train_val: Net
     solver: SolverParameter
-    report: dict
+    record: CompressionRecord
     timings: dict = field(default_factory=dict)
 
     @property
     def ranks(self) -> dict:
-        return ranks_json(self.choices)
+        return self.record.ranks_json()
 
 
 def load_ranks_file(path) -> dict:
@@ -88,25 +100,12 @@ def load_ranks_file(path) -> dict:
     return data
 
 
-def ranks_json(choices: dict[str, RankChoice]) -> dict:
-    """What ``ranks.json`` holds: the ranks of every layer that is compressed."""
-    out = {}
-    for name, c in choices.items():
-        if c.skipped_reason is None:
-            out[name] = list(c.ranks) if c.method == "tucker2" else c.ranks[0]
-    return out
-
-
 def _zoo_meta(preset: str) -> dict | None:
-    if preset == "auto":
-        return None
-    from caffe_tucker.zoo import zoo_model
-
-    return zoo_model(preset)
+    return None if preset == "auto" else zoo_model(preset)
 
 
 def _prepare(prototxt, weights, options: ConvertOptions):
-    """Read and analyze the net; resolve the preset and the plan."""
+    """Load the net; resolve the preset and the plan."""
     if not Path(prototxt).is_file():
         read_prototxt(prototxt)  # raises the one-line "no such prototxt" error
     if weights is None:
@@ -115,18 +114,13 @@ def _prepare(prototxt, weights, options: ConvertOptions):
             raise InputFileError(
                 f"{prototxt}: no weights given and no {Path(prototxt).with_suffix('.caffemodel').name} "
                 "beside it; hint: pass --weights W.caffemodel (or make random ones with 'init')")
-    net = read_net(prototxt, weights).for_state("TEST")
-    shapes = infer_shapes(net, options.input_shapes)
-    if shapes.problems:
-        raise CaffeTuckerError(shapes.problems[0])
-    net = fit_weights(net, shapes)
-    if is_train_val(net):
+    model = load_model(prototxt, weights, input_shapes=options.input_shapes, deploy=True,
+                       strict=True)
+    if model.from_train_val and options.train_val is None:
         # A train_val (e.g. train_test.prototxt) given as the net: compress its TEST-phase
         # deploy, and rewrite the file itself as the fine-tuning net.
-        net = deploy_from_train_val(net, shapes)
-        shapes = infer_shapes(net)
-        if options.train_val is None:
-            options = replace(options, train_val=str(prototxt))
+        options = replace(options, train_val=str(prototxt))
+    net, shapes = model.net, model.shapes
     preset = options.preset or detect_preset(net)
     plan = make_plan(net, shapes, preset, options.layers)
     fixed = None
@@ -150,17 +144,17 @@ def _prepare(prototxt, weights, options: ConvertOptions):
         if not net.layer(name).blobs:
             raise CaffeTuckerError(f"{net.source}: layer '{name}' has no weights in {weights}; hint: "
                                    "is the caffemodel for this net?")
-    return net, shapes, preset, plan, fixed, weights, options
+    return model, preset, plan, fixed, options
 
 
 def choose_ranks(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
                  progress: bool = True):
-    """Stages read → analyze → select ranks; returns ``(net, shapes, preset, choices)``."""
-    net, shapes, preset, plan, fixed, _, options = _prepare(prototxt, weights, options)
+    """Stages load → plan → select ranks; returns ``(model, preset, choices)``."""
+    model, preset, plan, fixed, options = _prepare(prototxt, weights, options)
     with Progress(len(plan), "ranks") as bar:
-        choices = select_ranks(net, shapes, plan, options.rank_method, options.weaken, fixed,
-                               progress=bar if progress else None)
-    return net, shapes, preset, choices
+        choices = select_ranks(model.net, model.shapes, plan, options.rank_method, options.weaken,
+                               fixed, progress=bar if progress else None)
+    return model, preset, choices
 
 
 def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
@@ -170,14 +164,15 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     Parameters
     ----------
     prototxt : path
-        The deploy net.
+        The deploy net (or a train_val, compressed in its TEST-phase deploy form).
     weights : path, optional
         Its ``.caffemodel``; by default ``<prototxt stem>.caffemodel`` beside it.
     options : ConvertOptions
     """
     timings = {}
     t0 = time.perf_counter()
-    net, shapes, preset, plan, fixed, weights, options = _prepare(prototxt, weights, options)
+    model, preset, plan, fixed, options = _prepare(prototxt, weights, options)
+    net, shapes = model.net, model.shapes
     timings["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -191,13 +186,14 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     decompositions = {}
     with Progress(len(todo), "decompose") as bar:
         for c in todo:
-            decompositions[c.layer] = decompose_layer(net, shapes, c)
+            decompositions[c.layer] = decompose_layer(net.layer(c.layer), shapes.layers[c.layer], c)
             if progress:
                 bar.update(1, c.layer)
     timings["decompose"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    replacements = {name: replacement_for(net, shapes, name, d.method, d.ranks, d.blobs)
+    replacements = {name: replacement_for(net.layer(name), shapes.layers[name], d.method, d.ranks,
+                                          d.blobs)
                     for name, d in decompositions.items()}
     compressed = rewrite_net(net, replacements)
     compressed_shapes = infer_shapes(compressed)
@@ -205,102 +201,89 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     batch = options.batch_size or (meta or {}).get("finetune", {}).get("batch_size") or 32
     if options.train_val:
         tv = read_prototxt(options.train_val)
-        structural = {n: replacement_for(net, shapes, n, r.method, r.ranks) for n, r in
-                      replacements.items()}
-        train_val = rewrite_net(tv, structural)
+        train_val = rewrite_net(tv, {n: r.without_blobs() for n, r in replacements.items()})
     else:
         train_val = build_train_val(compressed, batch, (meta or {}).get("preprocess"),
                                     options.train_source, options.val_source)
     solver = build_solver(batch, options.train_images, options.val_images, options.epochs)
-    before = analyze(net, shapes)
-    after = analyze(compressed, compressed_shapes)
-    report = _build_report(net, preset, choices, decompositions, before, after, options, weights)
+    record = _build_record(model, preset, choices, decompositions, compressed, compressed_shapes,
+                           options)
     timings["rewrite"] = time.perf_counter() - t0
-    return ConvertResult(original=net, shapes=shapes, compressed=compressed,
+    return ConvertResult(original=model, compressed=compressed,
                          compressed_shapes=compressed_shapes, preset=preset, choices=choices,
                          decompositions=decompositions, train_val=train_val, solver=solver,
-                         report=report, timings=timings)
+                         record=record, timings=timings)
 
 
-def _build_report(net: Net, preset: str, choices, decompositions, before: Analysis,
-                  after: Analysis, options: ConvertOptions, weights) -> dict:
+def _build_record(model: Model, preset: str, choices, decompositions, compressed: Net,
+                  compressed_shapes: ShapeInfo, options: ConvertOptions) -> CompressionRecord:
+    before = analyze(model.net, model.shapes)
+    after = analyze(compressed, compressed_shapes)
     rows = []
     for name, c in choices.items():
         b = before.row(name)
-        entry = {"name": name, "method": c.method, "ranks": list(c.ranks),
-                 "group_ranks": [list(r) for r in c.group_ranks], "full_ranks": list(c.full),
-                 "rank_source": c.source, "in_channels": b.in_channels, "out_channels": b.out_channels,
-                 "kernel": list(b.kernel) if b.kernel else None, "group": b.group,
-                 "weights_before": b.weights, "flops_before": b.flops}
+        common = dict(name=name, method=c.method, ranks=tuple(c.ranks),
+                      group_ranks=tuple(tuple(r) for r in c.group_ranks), full_ranks=tuple(c.full),
+                      rank_source=c.source, in_channels=b.in_channels,
+                      out_channels=b.out_channels, kernel=b.kernel, group=b.group,
+                      weights_before=b.weights, flops_before=b.flops)
         if c.skipped_reason is None:
-            parts = [after.row(n) for n in new_layer_names(name, c.method)]
-            entry.update({
-                "new_layers": [p.name for p in parts],
-                "weights_parts": [p.weights for p in parts], "flops_parts": [p.flops for p in parts],
-                "weights_after": sum(p.weights for p in parts),
-                "flops_after": sum(p.flops for p in parts),
-                "rel_error": round(decompositions[name].rel_error, 6),
-                "skipped_reason": None})
+            d = decompositions[name]
+            rows_after = [after.row(n) for n in get_method(d.method).new_layer_names(name)]
+            rows.append(LayerRecord(
+                **common, new_layers=tuple(r.name for r in rows_after),
+                weights_parts=tuple(r.weights for r in rows_after),
+                flops_parts=tuple(r.flops for r in rows_after),
+                weights_after=sum(r.weights for r in rows_after),
+                flops_after=sum(r.flops for r in rows_after), rel_error=d.rel_error))
         else:
-            entry.update({"new_layers": [], "weights_parts": [], "flops_parts": [],
-                          "weights_after": b.weights, "flops_after": b.flops, "rel_error": None,
-                          "skipped_reason": c.skipped_reason})
-        rows.append(entry)
-    return {
-        "model": net.name,
-        "source": {"prototxt": str(net.source), "weights": str(weights)},
-        "preset": preset,
-        "rank_method": (f"fixed ({options.ranks_source})" if options.ranks is not None
-                        else options.rank_method),
-        "weaken": options.weaken,
-        "layers": rows,
-        "total": {"weights_before": before.total_weights, "weights_after": after.total_weights,
-                  "flops_before": before.total_flops, "flops_after": after.total_flops,
-                  "bias_flops_before": before.total_bias_flops,
-                  "bias_flops_after": after.total_bias_flops},
+            rows.append(LayerRecord(**common, weights_after=b.weights, flops_after=b.flops,
+                                    skipped_reason=c.skipped_reason))
+    rank_method = (f"fixed ({options.ranks_source})" if options.ranks is not None
+                   else options.rank_method)
+    return CompressionRecord(model=model.net.name, preset=preset, rank_method=rank_method,
+                             weaken=options.weaken, layers=tuple(rows),
+                             total=Totals.of(before, after), source_prototxt=model.prototxt,
+                             source_weights=model.weights)
+
+
+def _deploy_note(result: ConvertResult) -> str:
+    return (f"Compressed by caffe_tucker (Tucker decomposition, Kim et al. ICLR 2016) from "
+            f"{result.original.prototxt}; preset {result.preset}, ranks {result.record.rank_method}.")
+
+
+def output_files(result: ConvertResult, out_dir, plot: bool = True) -> dict:
+    """The output directory's files, name -> contents (str, bytes or a list of byte chunks)."""
+    note = _deploy_note(result)
+    placeholder = any("PLACEHOLDER" in l.spec.data_param.source for l in result.train_val.layers)
+    files = {
+        "deploy.prototxt": prototxt_text(result.compressed, note),
+        "weights.caffemodel": caffemodel_chunks(result.compressed),
+        "train_val.prototxt": prototxt_text(
+            result.train_val,
+            note + "\nFine-tuning net: set the Data layers' sources to your LMDBs" if placeholder
+            else note),
+        "solver.prototxt": solver_text(
+            result.solver, "The paper's fine-tuning schedule (Sec. 3.3): base_lr 1e-3, /10 every 5 "
+            "epochs.\nRun Caffe from this directory: caffe train --solver solver.prototxt "
+            "--weights weights.caffemodel"),
+        "ranks.json": dumps_json(result.ranks),
+        "report.json": dumps_json(result.record.to_json(out_dir)),
+        "report.md": convert_markdown(result.record),
     }
-
-
-def check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out}: directory exists and is not empty; hint: pass --force to "
-                                "replace its files")
+    if plot:
+        files["ranks.png"] = ranks_png(result.choices)
+    return files
 
 
 def write_outputs(result: ConvertResult, out_dir, force: bool = False, plot: bool = True,
                   inputs=()) -> list[Path]:
-    """Write every product of :func:`convert` into ``out_dir`` (atomically, file by file)."""
-    from caffe_tucker.io.emit import write_caffemodel, write_prototxt
-    from caffe_tucker.io.fsutil import write_atomic
-    from caffe_tucker.report.tables import convert_markdown, dumps_json
-    from caffe_tucker.compress.finetune_files import solver_text
+    """Write every product of :func:`convert` into ``out_dir``, as a whole.
 
-    out = Path(out_dir)
-    check_out_dir(out, force)
-    out.mkdir(parents=True, exist_ok=True)
-    protect = [p for p in inputs if p]
-    src = result.report["source"]["prototxt"]
-    note = (f"Compressed by caffe_tucker (Tucker decomposition, Kim et al. ICLR 2016) from {src}; "
-            f"preset {result.preset}, ranks {result.report['rank_method']}.")
-    written = [
-        write_prototxt(result.compressed, out / "deploy.prototxt", True, protect, note),
-        write_caffemodel(result.compressed, out / "weights.caffemodel", True, protect),
-        write_prototxt(result.train_val, out / "train_val.prototxt", True, protect,
-                       note + "\nFine-tuning net: set the Data layers' sources to your LMDBs"
-                       if any("PLACEHOLDER" in l.spec.data_param.source for l in result.train_val.layers)
-                       else note),
-        write_atomic(out / "solver.prototxt", solver_text(
-            result.solver, "The paper's fine-tuning schedule (Sec. 3.3): base_lr 1e-3, /10 every 5 "
-            "epochs.\nRun Caffe from this directory: caffe train --solver solver.prototxt "
-            "--weights weights.caffemodel"), True, protect),
-        write_atomic(out / "ranks.json", dumps_json(result.ranks), True, protect),
-        write_atomic(out / "report.json", dumps_json(result.report), True, protect),
-        write_atomic(out / "report.md", convert_markdown(result.report), True, protect),
-    ]
-    if plot:
-        from caffe_tucker.report.plots import ranks_png
-
-        written.append(write_atomic(out / "ranks.png", ranks_png(result.choices), True, protect))
-    return written
+    The directory is built beside its destination and moved into place at the
+    end, so an interrupted run never leaves a directory that looks complete;
+    an existing directory is only replaced with ``force``, and never one that
+    holds an input.
+    """
+    return write_directory(out_dir, output_files(result, out_dir, plot), force=force,
+                           inputs=inputs)

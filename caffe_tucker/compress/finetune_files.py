@@ -125,34 +125,3 @@ def build_solver(batch_size: int, train_images: int = IMAGENET_TRAIN_IMAGES,
 def solver_text(solver: SolverParameter, comment: str = "") -> str:
     head = "".join(f"# {line}\n" for line in comment.splitlines())
     return head + text_format.MessageToString(solver, as_utf8=True)
-
-
-DATA_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData"})
-_TRAINING_ONLY = frozenset({"SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
-                            "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss",
-                            "ContrastiveLoss", "Accuracy", "Silence"})
-
-
-def is_train_val(net: Net) -> bool:
-    """Whether a (phase-filtered) net reads data layers rather than Input blobs."""
-    return any(l.type in DATA_TYPES for l in net.layers) and not any(
-        l.type == "Input" for l in net.layers)
-
-
-def deploy_from_train_val(net: Net, shapes) -> Net:
-    """The deploy net of a phase-filtered train_val: data layers become ``Input`` layers of
-    their inferred shape (first top only), and the label blobs, losses and accuracies go."""
-    layers = []
-    dropped: set[str] = set()
-    for layer in net.layers:
-        if layer.type in DATA_TYPES:
-            top = layer.tops[0]
-            spec = make_spec(layer.name, "Input", [], [top],
-                             input_param={"shape": [{"dim": list(shapes.blobs[top])}]})
-            layers.append(Layer(spec=spec, line=layer.line))
-            dropped.update(layer.tops[1:])
-        elif layer.type in _TRAINING_ONLY or any(b in dropped for b in layer.bottoms):
-            dropped.update(t for t in layer.tops if t not in layer.bottoms)
-        else:
-            layers.append(layer)
-    return net.with_layers(layers)

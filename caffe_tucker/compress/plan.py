@@ -1,16 +1,6 @@
 """Which layers to compress, and how: the paper's presets and the ``auto`` rule.
 
-Methods
--------
-``tucker2``
-    A D×D convolution (or a fully connected layer fed by a spatial map, seen
-    as a convolution over that map) becomes 1×1 → D×D → 1×1 convolutions;
-    ranks (R3, R4) for the input and output modes.
-``tucker1``
-    Only the output mode is decomposed: D×D convolution S→R4, then 1×1
-    R4→T.  The paper uses it for the first convolution, where S = 3.
-``svd``
-    A fully connected layer becomes two: K→R then R→N (truncated SVD).
+The methods themselves are in :mod:`caffe_tucker.compress.methods`.
 
 Presets
 -------
@@ -23,13 +13,15 @@ with a kernel larger than 1×1 ``tucker2``, every fully connected layer
 
 from __future__ import annotations
 
+from caffe_tucker.compress.methods import get_method
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Net
 from caffe_tucker.analysis.shapes import ShapeInfo
 
-__all__ = ["METHODS", "presets", "make_plan", "detect_preset", "decomposable"]
+__all__ = ["AUTO", "presets", "make_plan", "detect_preset", "decomposable"]
 
-METHODS = ("tucker2", "tucker1", "svd")
+#: The ``auto`` preset, for nets other than the paper's: which method each kind of layer gets.
+AUTO = {"first convolution": "tucker1", "convolution": "tucker2", "fully connected": "svd"}
 
 
 def presets() -> tuple[str, ...]:
@@ -41,29 +33,7 @@ def presets() -> tuple[str, ...]:
 
 def decomposable(net: Net, shapes: ShapeInfo, name: str, method: str) -> str | None:
     """Why ``method`` cannot be applied to layer ``name`` (None if it can)."""
-    layer = net.layer(name)
-    info = shapes.layers[name]
-    if layer.type == "Convolution":
-        geo = info.geometry
-        if method == "svd":
-            return "svd applies to fully connected layers; use tucker1 or tucker2 for a convolution"
-        if len(geo.kernel) != 2 or geo.axis != 1:
-            return "only 2-D convolutions over axis 1 can be decomposed"
-        return None
-    if layer.type == "InnerProduct":
-        x = info.inputs[0]
-        p = layer.spec.inner_product_param
-        if p.transpose:
-            return "InnerProduct with transpose: true is not supported"
-        if method == "svd":
-            return None
-        if method == "tucker2":
-            if p.axis != 1 or len(x) != 4:
-                return ("tucker2 applies to a fully connected layer only when it reads a spatial "
-                        "map (N, C, H, W) with axis 1; use svd")
-            return None
-        return "tucker1 applies to convolutions; use svd for a fully connected layer"
-    return f"a {layer.type} layer has no kernel to decompose (only Convolution and InnerProduct)"
+    return get_method(method).why_not(net.layer(name), shapes.layers[name])
 
 
 def detect_preset(net: Net) -> str:
@@ -133,10 +103,7 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) ->
 
 
 def _default_method(net: Net, shapes: ShapeInfo, name: str) -> str:
-    layer = net.layer(name)
-    if layer.type == "InnerProduct":
-        return "svd"
-    return "tucker2"
+    return AUTO["fully connected" if net.layer(name).type == "InnerProduct" else "convolution"]
 
 
 def _auto_plan(net: Net, shapes: ShapeInfo) -> dict[str, str]:
@@ -150,12 +117,15 @@ def _auto_plan(net: Net, shapes: ShapeInfo) -> dict[str, str]:
             geo = info.geometry
             if first_conv:
                 first_conv = False
-                if decomposable(net, shapes, layer.name, "tucker1") is None:
-                    plan[layer.name] = "tucker1"
+                kind = "first convolution"
+            elif max(geo.kernel) > 1:
+                kind = "convolution"
+            else:
                 continue
-            if max(geo.kernel) > 1 and decomposable(net, shapes, layer.name, "tucker2") is None:
-                plan[layer.name] = "tucker2"
         elif layer.type == "InnerProduct":
-            if decomposable(net, shapes, layer.name, "svd") is None:
-                plan[layer.name] = "svd"
+            kind = "fully connected"
+        else:
+            continue
+        if decomposable(net, shapes, layer.name, AUTO[kind]) is None:
+            plan[layer.name] = AUTO[kind]
     return plan

@@ -33,13 +33,14 @@ from math import prod
 
 import numpy as np
 
+from caffe_tucker.analysis.cost import layer_cost
+from caffe_tucker.analysis.shapes import ShapeInfo
+from caffe_tucker.compress.methods import get_method
+from caffe_tucker.compress.vbmf import evbmf
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Net
-from caffe_tucker.analysis.shapes import ShapeInfo
-from caffe_tucker.compress.vbmf import evbmf
 
-__all__ = ["RankChoice", "parse_rank_method", "kernel_groups", "unfoldings", "select_ranks",
-           "decomposed_cost", "full_ranks", "check_manual_ranks"]
+__all__ = ["RankChoice", "parse_rank_method", "select_ranks", "check_manual_ranks"]
 
 
 @dataclass(frozen=True)
@@ -78,51 +79,6 @@ def parse_rank_method(text: str) -> tuple[str, float | None]:
                 exc=CaffeTuckerError)
 
 
-def kernel_groups(net: Net, shapes: ShapeInfo, name: str, method: str) -> list[np.ndarray]:
-    """The kernel of each group in Caffe layout: ``(T/g, S/g, kh, kw)``, or ``(N, K)`` for svd."""
-    layer = net.layer(name)
-    w = layer.blobs[0]
-    if layer.type == "InnerProduct":
-        if method == "svd":
-            return [w]
-        x = shapes.layers[name].inputs[0]
-        return [w.reshape((w.shape[0],) + tuple(x[1:]))]
-    g = shapes.layers[name].geometry.group
-    t = w.shape[0] // g
-    return [w[i * t:(i + 1) * t] for i in range(g)]
-
-
-def unfoldings(kernel: np.ndarray, method: str) -> dict[str, np.ndarray]:
-    """The matrices whose ranks are chosen: mode-3 ("input") and mode-4 ("output") unfoldings."""
-    if method == "svd":
-        return {"matrix": kernel}
-    out = {"output": kernel.reshape(kernel.shape[0], -1)}
-    if method == "tucker2":
-        out = {"input": kernel.transpose(1, 0, 2, 3).reshape(kernel.shape[1], -1), **out}
-    return out
-
-
-def full_ranks(net: Net, shapes: ShapeInfo, name: str, method: str) -> tuple[int, ...]:
-    """The largest meaningful ranks per group: (S/g, T/g), (T/g,), or (min(N, K),)."""
-    k = kernel_shape(net, shapes, name, method)
-    if method == "svd":
-        return (min(k),)
-    if method == "tucker1":
-        return (min(k[0], prod(k[1:])),)
-    return (k[1], k[0])
-
-
-def kernel_shape(net: Net, shapes: ShapeInfo, name: str, method: str) -> tuple[int, ...]:
-    """Shape of one group's kernel, from the net's shapes alone (no weights needed)."""
-    info = shapes.layers[name]
-    w = info.params[0]
-    layer = net.layer(name)
-    if layer.type == "InnerProduct":
-        return tuple(w) if method == "svd" else (w[0],) + tuple(info.inputs[0][1:])
-    g = info.geometry.group
-    return (w[0] // g,) + tuple(w[1:])
-
-
 def _rank_of(values: np.ndarray, how: str, arg) -> int:
     """Rank by ``energy:F`` or ``ratio:F`` from an unfolding's singular values."""
     if how == "energy":
@@ -131,38 +87,6 @@ def _rank_of(values: np.ndarray, how: str, arg) -> int:
             return 0
         return int(np.searchsorted(energy / energy[-1], arg - 1e-12) + 1)
     return int(math.ceil(arg * len(values)))
-
-
-def decomposed_cost(net: Net, shapes: ShapeInfo, name: str, method: str,
-                    ranks: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Weights and FLOPs of each new layer (``(w1, w2[, w3]), (f1, f2[, f3])``), per image."""
-    info = shapes.layers[name]
-    layer = net.layer(name)
-    x, y = info.inputs[0], info.outputs[0]
-    if method == "svd":
-        p = layer.spec.inner_product_param
-        axis = p.axis + len(x) if p.axis < 0 else p.axis
-        k, n = prod(x[axis:]), p.num_output
-        rows = prod(x[1:axis])
-        (r,) = ranks
-        w = (k * r, r * n)
-        return w, tuple(v * rows for v in w)
-    if layer.type == "InnerProduct":  # tucker2 over the input map: kernel = whole map
-        s, t = x[1], layer.spec.inner_product_param.num_output
-        kernel, g = tuple(x[2:]), 1
-        in_hw, out_hw = prod(x[2:]), 1
-    else:
-        geo = info.geometry
-        s, t, kernel, g = x[1], geo.num_output, geo.kernel, geo.group
-        in_hw, out_hw = prod(x[2:]), prod(y[2:])
-    d2 = prod(kernel)
-    if method == "tucker1":
-        (r4,) = ranks
-        w = (g * r4 * (s // g) * d2, t * r4)
-        return w, (w[0] * out_hw, w[1] * out_hw)
-    r3, r4 = ranks
-    w = (s * r3, g * r3 * r4 * d2, r4 * t)
-    return w, (w[0] * in_hw, w[1] * out_hw, w[2] * out_hw)
 
 
 def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
@@ -175,15 +99,15 @@ def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
                 raise CaffeTuckerError(f"{source}: layer '{name}' is not in the net "
                                        f"{net.source}; hint: check the layer names with 'info'")
             raise CaffeTuckerError(f"{source}: layer '{name}' cannot be compressed here")
-        method = plan[name]
-        want = 2 if method == "tucker2" else 1
+        method = get_method(plan[name])
+        labels = method.rank_labels
         values = value if isinstance(value, list) else [value]
-        shape = ("a pair [R3, R4]" if want == 2 else "one integer")
-        check_param("ranks", value, len(values) == want and all(
+        shape = (f"a list [{', '.join(labels)}]" if len(labels) > 1 else "one integer")
+        check_param("ranks", value, len(values) == len(labels) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in values),
-            f"{shape} for the {method} layer '{name}'", source, exc=CaffeTuckerError)
-        full = full_ranks(net, shapes, name, method)
-        for v, f, label in zip(values, full, ("R3", "R4") if want == 2 else ("rank",)):
+            f"{shape} for the {method.name} layer '{name}'", source, exc=CaffeTuckerError)
+        full = method.full_ranks(net.layer(name), shapes.layers[name])
+        for v, f, label in zip(values, full, labels if len(labels) > 1 else ("rank",)):
             check_param(f"{label}", v, 1 <= v <= f, f"an int in [1, {f}] for layer '{name}'", source,
                         exc=CaffeTuckerError)
         out[name] = tuple(values)
@@ -207,12 +131,14 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
                 "convert", exc=CaffeTuckerError)
     fixed = fixed or {}
     out = {}
-    for name, method in plan.items():
-        groups = kernel_groups(net, shapes, name, method)
+    for name, method_name in plan.items():
+        method = get_method(method_name)
+        layer, info = net.layer(name), shapes.layers[name]
         found: dict[str, list] = {}
         per_group = []
-        for kernel in groups if (spectra or name not in fixed) else ():
-            mats = unfoldings(kernel.astype(np.float64, copy=False), method)
+        groups = method.kernel_groups(layer, info) if (spectra or name not in fixed) else ()
+        for kernel in groups:
+            mats = method.unfoldings(kernel.astype(np.float64, copy=False))
             chosen = []
             for mode, matrix in mats.items():
                 result = evbmf(matrix, weaken=weaken) if how == "vbmf" else None
@@ -222,7 +148,7 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
                 chosen.append(result.rank if result is not None else
                               _rank_of(values, how, arg))
             per_group.append(tuple(chosen))
-        full = full_ranks(net, shapes, name, method)
+        full = method.full_ranks(layer, info)
         if name in fixed:
             ranks, source = fixed[name], "file"
         else:
@@ -234,25 +160,18 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
             reason = ("VBMF found no component above the estimated noise (rank 0); the layer is "
                       "left untouched rather than clamped to rank 1")
         else:
-            w, f = decomposed_cost(net, shapes, name, method, ranks)
-            before = shapes.layers[name]
-            w0 = prod(before.params[0])
-            f0 = _flops_of(net, shapes, name)
+            w, f = method.cost(layer, info, ranks)
+            w0 = prod(info.params[0])
+            f0 = layer_cost(layer, shapes).flops
             # Ranks the user fixed are honoured (a full-rank rewrite is a useful check);
             # ranks chosen automatically must pay for themselves.
             if (sum(w) >= w0 or sum(f) >= f0) and source != "file":
                 reason = (f"ranks {list(ranks)} would not reduce both weights ({w0} -> {sum(w)}) "
                           f"and FLOPs ({f0} -> {sum(f)})")
-        out[name] = RankChoice(layer=name, method=method, ranks=ranks, full=full,
+        out[name] = RankChoice(layer=name, method=method.name, ranks=ranks, full=full,
                                group_ranks=tuple(per_group), source=source,
                                spectra={k: tuple(v) for k, v in found.items()},
                                skipped_reason=reason)
         if progress is not None:
             progress.update(1, name)
     return out
-
-
-def _flops_of(net: Net, shapes: ShapeInfo, name: str) -> int:
-    from caffe_tucker.analysis.cost import layer_cost
-
-    return layer_cost(net.layer(name), shapes).flops

@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 
 from caffe_tucker.compress.convert import ConvertOptions, ConvertResult, convert, write_outputs
+from caffe_tucker.compress.methods import get_method
+from caffe_tucker.compress.record import CompressionRecord
 from caffe_tucker.errors import CaffeTuckerError
+from caffe_tucker.zoo import fetch, zoo_model
 
 __all__ = ["paper_ranks", "printed_value", "agrees", "compare_with_paper", "reproduce"]
 
@@ -25,7 +28,7 @@ def paper_ranks(meta: dict) -> dict:
         ranks = row["ranks"] if isinstance(row["ranks"], list) else [row["ranks"]]
         if None in ranks:
             continue
-        out[row["layer"]] = ranks if row["method"] == "tucker2" else ranks[0]
+        out[row["layer"]] = get_method(row["method"]).rank_value(ranks)
     return out
 
 
@@ -46,12 +49,12 @@ def agrees(ours: float, text: str) -> bool | None:
     return abs(ours - p[0]) < p[1]
 
 
-def compare_with_paper(meta: dict, report: dict) -> dict:
-    """Per-layer and total comparison of a convert report with the paper's tables."""
+def compare_with_paper(meta: dict, record: CompressionRecord) -> dict:
+    """Per-layer and total comparison of a compression record with the paper's tables."""
     paper = meta.get("paper")
     if not paper:
         raise CaffeTuckerError(f"zoo model '{meta['name']}' has no paper tables to compare with")
-    ours = {r["name"]: r for r in report["layers"]}
+    ours = {r.name: r for r in record.layers}
     rows = []
     for p in paper["layers"]:
         r = ours.get(p["layer"])
@@ -62,28 +65,28 @@ def compare_with_paper(meta: dict, report: dict) -> dict:
                "weights_after": None, "paper_weights_after": p["weights_after"],
                "flops_after": None, "paper_flops_after": p["flops_after"], "note": None}
         if r is not None:
-            compressed = r["skipped_reason"] is None
-            row.update(ranks=r["ranks"] if compressed else None,
-                       weights_before=r["weights_before"], flops_before=r["flops_before"],
-                       weights_after=r["weights_after"] if compressed else None,
-                       flops_after=r["flops_after"] if compressed else None,
-                       note=None if compressed else r["skipped_reason"])
-            row["ranks_match"] = compressed and list(r["ranks"]) == paper_r
-            row["weights_after_agrees"] = agrees(r["weights_after"], p["weights_after"]) if compressed else None
-            row["flops_after_agrees"] = agrees(r["flops_after"], p["flops_after"]) if compressed else None
+            compressed = r.compressed
+            row.update(ranks=list(r.ranks) if compressed else None,
+                       weights_before=r.weights_before, flops_before=r.flops_before,
+                       weights_after=r.weights_after if compressed else None,
+                       flops_after=r.flops_after if compressed else None,
+                       note=None if compressed else r.skipped_reason)
+            row["ranks_match"] = compressed and list(r.ranks) == paper_r
+            row["weights_after_agrees"] = agrees(r.weights_after, p["weights_after"]) if compressed else None
+            row["flops_after_agrees"] = agrees(r.flops_after, p["flops_after"]) if compressed else None
         rows.append(row)
-    t = report["total"]
+    t = record.total
     table1 = paper["table1"]
     totals = {
-        "weights_before": t["weights_before"], "paper_weights_before": table1["original"]["weights"],
-        "flops_before": t["flops_before"] + t["bias_flops_before"],
+        "weights_before": t.weights_before, "paper_weights_before": table1["original"]["weights"],
+        "flops_before": t.flops_before + t.bias_flops_before,
         "paper_flops_before": table1["original"]["flops"],
-        "weights_after": t["weights_after"], "paper_weights_after": table1["compressed"]["weights"],
-        "flops_after": t["flops_after"] + t["bias_flops_after"],
+        "weights_after": t.weights_after, "paper_weights_after": table1["compressed"]["weights"],
+        "flops_after": t.flops_after + t.bias_flops_after,
         "paper_flops_after": table1["compressed"]["flops"],
-        "weights_ratio": t["weights_before"] / t["weights_after"],
+        "weights_ratio": t.weights_ratio,
         "paper_weights_ratio": table1["ratios"]["weights"],
-        "flops_ratio": t["flops_before"] / t["flops_after"],
+        "flops_ratio": t.flops_ratio,
         "paper_flops_ratio": table1["ratios"]["flops"],
     }
     return {"model": meta["name"], "layers": rows, "total": totals,
@@ -93,8 +96,6 @@ def compare_with_paper(meta: dict, report: dict) -> dict:
 def reproduce(name: str, weights=None, paper_ranks_only: bool = False, out_dir=None,
               force: bool = False, progress: bool = True) -> tuple[ConvertResult, dict, Path]:
     """Fetch (if needed), convert with the paper's preset, compare; returns (result, comparison, out)."""
-    from caffe_tucker.zoo import fetch, zoo_model
-
     meta = zoo_model(name)
     if not meta.get("paper"):
         raise CaffeTuckerError(f"zoo model '{name}' is not one of the paper's; reproduce takes "
@@ -106,4 +107,4 @@ def reproduce(name: str, weights=None, paper_ranks_only: bool = False, out_dir=N
     result = convert(meta["deploy_path"], weights, options, progress=progress)
     out = Path(out_dir) if out_dir else Path(f"{name}_tucker")
     write_outputs(result, out, force=force, inputs=[meta["deploy_path"], weights])
-    return result, compare_with_paper(meta, result.report), out
+    return result, compare_with_paper(meta, result.record), out

@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 import math
 
+from caffe_tucker.compress.methods import get_method
+
 __all__ = ["ranks_png", "pyplot", "png_bytes"]
 
 
 def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    """matplotlib's pyplot on the Agg backend (no display needed).
+
+    Imported here, not at module level: matplotlib takes about a second to import and most
+    commands draw nothing.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,8 +31,7 @@ def png_bytes(fig) -> bytes:
     pyplot().close(fig)
     return buf.getvalue()
 
-_LABELS = {"input": "mode-3 (S) unfolding → R3", "output": "mode-4 (T) unfolding → R4",
-           "matrix": "weight matrix → R"}
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
 def ranks_png(choices: dict) -> bytes:
@@ -36,16 +41,17 @@ def ranks_png(choices: dict) -> bytes:
     cols = min(4, max(1, len(items)))
     rows = max(1, math.ceil(len(items) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    colors = {"input": "tab:blue", "output": "tab:orange", "matrix": "tab:green"}
     for ax, c in zip(axes.flat, items):
+        labels = get_method(c.method).unfolding_labels
         modes = list(c.spectra)
+        colors = {mode: _COLORS[i % len(_COLORS)] for i, mode in enumerate(labels)}
         for i, mode in enumerate(modes):
             for g, values in enumerate(c.spectra[mode]):
                 if len(values) == 0 or values[0] == 0:
                     continue
                 ax.semilogy(range(1, len(values) + 1), values / values[0], color=colors[mode],
                             lw=1, alpha=0.9 if g == 0 else 0.5,
-                            label=_LABELS[mode] if g == 0 else None)
+                            label=labels.get(mode, mode) if g == 0 else None)
             rank = c.ranks[i] if i < len(c.ranks) else None
             if rank:
                 ax.axvline(rank, color=colors[mode], ls="--", lw=1)
