@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from caffe_tucker.io.caffe_pb2 import LayerParameter, NetParameter, NetState, Phase
+from caffe_tucker.io.wire import encode_blob
 
 __all__ = ["Layer", "Net", "make_spec", "phase_value"]
 
@@ -191,8 +192,6 @@ class Net:
 
     def to_proto(self, with_blobs: bool = True) -> NetParameter:
         """Export to a current-format ``caffe.NetParameter`` (copies)."""
-        from caffe_tucker.io.wire import encode_blob
-
         net = NetParameter()
         net.CopyFrom(self.header)
         for layer in self.layers:

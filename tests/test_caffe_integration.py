@@ -9,7 +9,7 @@ import pytest
 from caffe_tucker import infer_shapes, read_prototxt
 from caffe_tucker.io.emit import write_caffemodel
 from caffe_tucker.io.fillers import init_weights
-from caffe_tucker.compress.ranks import full_ranks
+from caffe_tucker.compress.methods import get_method
 from conftest import ZOO, write
 
 
@@ -23,7 +23,7 @@ def test_full_rank_convert_verifies_exactly(cli, caffe_command, cifar, tmp_path)
     ranks = {}
     for name, method in (("conv1", "tucker1"), ("conv2", "tucker2"), ("conv3", "tucker2"),
                          ("ip1", "svd"), ("ip2", "svd")):
-        full = list(full_ranks(net, shapes, name, method))
+        full = list(get_method(method).full_ranks(net.layer(name), shapes.layers[name]))
         ranks[name] = full if method == "tucker2" else full[0]
     f = write(tmp_path / "full.json", json.dumps(ranks))
     assert cli("convert", cifar, "--ranks", f, "-o", tmp_path / "full")[0] == 0

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from caffe_tucker import infer_shapes, load, read_prototxt
-from caffe_tucker.compress.decompose import decompose_layer, reconstruct
+from caffe_tucker.compress.decompose import decompose_layer
+from caffe_tucker.compress.methods import get_method
 from caffe_tucker.io.emit import write_caffemodel
 from caffe_tucker.io.fillers import init_weights
 from caffe_tucker.compress.ranks import RankChoice
-from caffe_tucker.compress.rewrite import new_layer_names, replacement_for, rewrite_net
+from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
 from conftest import ZOO, write
 from reference import conv2d, inner_product, run_layers
 
@@ -41,8 +42,9 @@ def tiny(tmp_path):
 def compress(net, shapes, name, method, ranks):
     choice = RankChoice(layer=name, method=method, ranks=tuple(ranks), full=(), group_ranks=(),
                         source="test")
-    d = decompose_layer(net, shapes, choice)
-    new = rewrite_net(net, {name: replacement_for(net, shapes, name, method, ranks, d.blobs)})
+    d = decompose_layer(net.layer(name), shapes.layers[name], choice)
+    new = rewrite_net(net, {name: replacement_for(net.layer(name), shapes.layers[name], method,
+                                                  ranks, d.blobs)})
     return d, new, infer_shapes(new)
 
 
@@ -71,7 +73,7 @@ def test_low_rank_layers_compute_the_reconstructed_kernel(tiny, name, method, ra
     blobs = run_layers(net, shapes, {"data": x})
     layer = net.layer(name)
     inp = blobs[layer.bottoms[0]]
-    kernel = np.concatenate([reconstruct(method, g) for g in d.groups])
+    kernel = np.concatenate([get_method(method).reconstruct(g) for g in d.groups])
     if layer.type == "Convolution":
         g = shapes.layers[name].geometry
         expected = conv2d(inp, kernel, layer.blobs[1], g.stride, g.pad, g.dilation, g.group)
@@ -85,7 +87,7 @@ def test_low_rank_layers_compute_the_reconstructed_kernel(tiny, name, method, ra
 def test_rewritten_layers_layout(tiny):
     net, shapes = tiny
     _, new, new_shapes = compress(net, shapes, "conv2", "tucker2", [2, 3])
-    names = new_layer_names("conv2", "tucker2")
+    names = get_method("tucker2").new_layer_names("conv2")
     layers = [new.layer(n) for n in names]
     assert [l.type for l in layers] == ["Convolution"] * 3
     assert [l.bottoms[0] for l in layers] == ["r1", "conv2_tk1", "conv2_tk2"]
@@ -97,7 +99,7 @@ def test_rewritten_layers_layout(tiny):
         (4, 4, 1, 1), (6, 2, 3, 3), (12, 3, 1, 1), (12,)]
     assert new_shapes.blobs["conv2"] == shapes.blobs["conv2"]
     _, new, _ = compress(net, shapes, "conv1", "tucker1", [3])
-    tk1, tk2 = (new.layer(n) for n in new_layer_names("conv1", "tucker1"))
+    tk1, tk2 = (new.layer(n) for n in get_method("tucker1").new_layer_names("conv1"))
     # weight multipliers go to every new layer, bias multipliers to the last
     assert [(q.lr_mult, q.decay_mult) for q in tk1.spec.param] == [(1, 1)]
     assert [(q.lr_mult, q.decay_mult) for q in tk2.spec.param] == [(1, 1), (2, 0)]
@@ -115,7 +117,8 @@ def paper_rank_net(name, zoo_meta):
     for row in meta["paper"]["layers"]:
         ranks = row["ranks"] if isinstance(row["ranks"], list) else [row["ranks"]]
         if None not in ranks:
-            reps[row["layer"]] = replacement_for(net, shapes, row["layer"], row["method"], ranks)
+            reps[row["layer"]] = replacement_for(net.layer(row["layer"]), shapes.layers[row["layer"]],
+                                                 row["method"], ranks)
     new = rewrite_net(net, reps)
     return meta, reps, analyze(new)
 
@@ -130,7 +133,7 @@ def test_paper_ranks_give_the_papers_compressed_rows(name, zoo_meta):
     for row in meta["paper"]["layers"]:
         if row["layer"] not in reps:
             continue  # GoogLeNet conv2*: a copy of conv1*'s row, its R3 is not printed
-        parts = [a.row(n) for n in new_layer_names(row["layer"], row["method"])]
+        parts = [a.row(n) for n in get_method(row["method"]).new_layer_names(row["layer"])]
         w, f = sum(p.weights for p in parts), sum(p.flops for p in parts)
         for field, value in (("weights_after", w), ("flops_after", f)):
             if (row["layer"], field) in bad:
@@ -164,14 +167,14 @@ def test_paper_rank_totals(zoo_meta):
 
 @pytest.mark.parametrize("name, method, ranks", CASES + [("conv2", "tucker2", [1, 2])])
 def test_rank_selection_cost_formula_agrees_with_the_emitted_layers(tiny, name, method, ranks):
-    """ranks.decomposed_cost (used to skip layers that would not shrink) == analyze of the rewrite."""
+    """Method.cost (used to skip layers that would not shrink) == analyze of the rewrite."""
     from caffe_tucker import analyze
-    from caffe_tucker.compress.ranks import decomposed_cost
 
     net, shapes = tiny
-    weights, flops = decomposed_cost(net, shapes, name, method, tuple(ranks))
-    new = rewrite_net(net, {name: replacement_for(net, shapes, name, method, ranks)})
+    weights, flops = get_method(method).cost(net.layer(name), shapes.layers[name], tuple(ranks))
+    new = rewrite_net(net, {name: replacement_for(net.layer(name), shapes.layers[name], method,
+                                                  ranks)})
     a = analyze(new)
-    rows = [a.row(n) for n in new_layer_names(name, method)]
+    rows = [a.row(n) for n in get_method(method).new_layer_names(name)]
     assert weights == tuple(r.weights for r in rows)
     assert flops == tuple(r.flops for r in rows)

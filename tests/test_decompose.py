@@ -3,7 +3,25 @@
 import numpy as np
 import pytest
 
-from caffe_tucker.compress.decompose import reconstruct, svd_factors, tucker1, tucker2
+from caffe_tucker.compress.methods import get_method
+
+TUCKER2, TUCKER1, SVD = (get_method(n) for n in ("tucker2", "tucker1", "svd"))
+
+
+def tucker2(kernel, r3, r4):
+    return TUCKER2.factorize(kernel, (r3, r4))
+
+
+def tucker1(kernel, r4):
+    return TUCKER1.factorize(kernel, (r4,))
+
+
+def svd_factors(matrix, r):
+    return SVD.factorize(matrix, (r,))
+
+
+def reconstruct(method, factors):
+    return get_method(method).reconstruct(factors)
 
 
 def rel(a, b):

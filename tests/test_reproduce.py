@@ -48,4 +48,4 @@ def test_reproduce_googlenet_with_paper_ranks(tmp_path, zoo_meta):
 def test_compare_needs_paper_tables(zoo_meta):
     from caffe_tucker.errors import CaffeTuckerError
     with pytest.raises(CaffeTuckerError, match="no paper tables"):
-        compare_with_paper({"name": "digits", "paper": None}, {"layers": [], "total": {}})
+        compare_with_paper({"name": "digits", "paper": None}, None)

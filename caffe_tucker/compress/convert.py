@@ -50,6 +50,7 @@ class ConvertOptions:
 
     preset: str | None = None          # None: detect a zoo net, else "auto"
     layers: tuple[str, ...] | None = None
+    methods: dict | None = None        # layer -> method name, overriding the preset
     ranks: dict | None = None          # fixed ranks, as in ranks.json
     ranks_source: str = "ranks file"
     rank_method: str = "vbmf"
@@ -122,7 +123,7 @@ def _prepare(prototxt, weights, options: ConvertOptions):
         options = replace(options, train_val=str(prototxt))
     net, shapes = model.net, model.shapes
     preset = options.preset or detect_preset(net)
-    plan = make_plan(net, shapes, preset, options.layers)
+    plan = make_plan(net, shapes, preset, options.layers, options.methods)
     fixed = None
     if options.ranks is not None:
         methods = {}
@@ -133,7 +134,9 @@ def _prepare(prototxt, weights, options: ConvertOptions):
             if options.layers is not None and name not in options.layers:
                 continue
             try:
-                methods[name] = plan.get(name) or make_plan(net, shapes, "auto", [name])[name]
+                only = {name: options.methods[name]} if name in (options.methods or {}) else None
+                methods[name] = plan.get(name) or make_plan(net, shapes, "auto", [name],
+                                                            only)[name]
             except CaffeTuckerError as exc:
                 raise CaffeTuckerError(f"{options.ranks_source}: {exc}") from None
         fixed = check_manual_ranks(net, shapes, methods,

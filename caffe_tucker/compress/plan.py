@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from caffe_tucker.compress.methods import get_method
 from caffe_tucker.errors import CaffeTuckerError, check_param
-from caffe_tucker.graph import Net
 from caffe_tucker.analysis.shapes import ShapeInfo
+from caffe_tucker.graph import Net
+from caffe_tucker.io.read import read_prototxt
+from caffe_tucker.zoo import zoo_model, zoo_names
 
 __all__ = ["AUTO", "presets", "make_plan", "detect_preset", "decomposable"]
 
@@ -26,8 +28,6 @@ AUTO = {"first convolution": "tucker1", "convolution": "tucker2", "fully connect
 
 def presets() -> tuple[str, ...]:
     """``auto`` and every zoo model with a ``compress`` map."""
-    from caffe_tucker.zoo import zoo_model, zoo_names
-
     return ("auto",) + tuple(n for n in zoo_names() if zoo_model(n).get("compress"))
 
 
@@ -38,9 +38,6 @@ def decomposable(net: Net, shapes: ShapeInfo, name: str, method: str) -> str | N
 
 def detect_preset(net: Net) -> str:
     """The zoo preset whose deploy has exactly this net's conv/fc layers, else ``auto``."""
-    from caffe_tucker.io.read import read_prototxt
-    from caffe_tucker.zoo import zoo_model
-
     def signature(n: Net):
         return [(l.name, l.type) for l in n.layers if l.type in ("Convolution", "InnerProduct")]
 
@@ -55,7 +52,8 @@ def detect_preset(net: Net) -> str:
     return "auto"
 
 
-def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) -> dict[str, str]:
+def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
+              methods=None) -> dict[str, str]:
     """Map layer name -> method for the layers to compress, in net order.
 
     Parameters
@@ -65,6 +63,9 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) ->
     layers : sequence of str, optional
         Restrict the plan to these layers (``--layers``); each must exist and
         be decomposable (a layer the preset leaves alone gets the ``auto`` method).
+    methods : mapping of str to str, optional
+        Layer name -> method name (``--method conv2=tucker1``): these layers are compressed with
+        that method, whatever the preset says (and added to the plan if it left them alone).
     """
     known = presets()
     check_param("preset", preset, preset in known, f"one of {', '.join(known)}", "convert",
@@ -73,8 +74,6 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) ->
     if preset == "auto":
         plan = auto
     else:
-        from caffe_tucker.zoo import zoo_model
-
         wanted = zoo_model(preset)["compress"]
         missing = [n for n in wanted if n not in shapes.layers]
         if missing:
@@ -94,6 +93,14 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None) ->
                 raise CaffeTuckerError(f"{net.source}: layer '{name}' cannot be compressed: {reason}")
             chosen[name] = method
         plan = {l.name: chosen[l.name] for l in net.layers if l.name in chosen}
+    if methods:
+        for name, method in methods.items():
+            if name not in shapes.layers:
+                raise CaffeTuckerError(f"{net.source}: --method names layer '{name}', which the "
+                                       "net does not have; hint: check the layer names with 'info'")
+            get_method(method)
+        plan = {l.name: methods.get(l.name) or plan[l.name] for l in net.layers
+                if l.name in plan or l.name in methods}
     for name, method in plan.items():
         reason = decomposable(net, shapes, name, method)
         if reason:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +242,7 @@ def record_from_nets(original: Model, compressed: Model) -> CompressionRecord:
             method = get_method(name)
             new = [c_layers[n] for n in method.new_layer_names(layer.name)
                    if n in c_layers]
-            if method.n_layers == count and method.matches(layer, new):
+            if method.n_layers == count and method.matches(layer, info, new):
                 break
         else:
             continue
@@ -269,8 +269,3 @@ def record_from_nets(original: Model, compressed: Model) -> CompressionRecord:
                              rank_method="unknown (read from the compressed net)", weaken=1.0,
                              layers=tuple(rows), total=Totals.of(before, after),
                              source_prototxt=original.prototxt, source_weights=original.weights)
-
-
-def with_sources(record: CompressionRecord, prototxt, weights) -> CompressionRecord:
-    return replace(record, source_prototxt=Path(prototxt) if prototxt else None,
-                   source_weights=Path(weights) if weights else None)

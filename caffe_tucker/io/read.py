@@ -9,6 +9,7 @@ does; their shapes are checked against the net once shapes are known
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -212,8 +213,6 @@ def read_solver(path) -> SolverParameter:
 def default_weights_path(prototxt) -> Path | None:
     """``model.caffemodel`` beside ``model.prototxt``, or the weights a zoo ``model.json`` beside
     it names (``zoo_models/digits/deploy.prototxt`` -> ``digits.caffemodel``), if it exists."""
-    import json
-
     p = Path(prototxt)
     candidate = p.with_suffix(".caffemodel")
     if candidate.exists():

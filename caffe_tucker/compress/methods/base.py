@@ -231,11 +231,23 @@ class Method(ABC):
         factors = self.factors_from_blobs(blobs, group)
         return np.concatenate([self.reconstruct(f) for f in factors])
 
-    def matches(self, original: Layer, new_layers: Sequence[Layer]) -> bool:
-        """Whether ``new_layers`` (found by name) look like this method's rewrite of ``original``."""
-        return (len(new_layers) == self.n_layers
-                and tuple(l.type for l in new_layers) == self.new_types
-                and original.type in self.applies_to_types)
+    def matches(self, original: Layer, info: LayerShapes, new_layers: Sequence[Layer]) -> bool:
+        """Whether ``new_layers`` (found by name) are this method's rewrite of ``original``.
+
+        The ranks are read off the new layers, the layers this method would
+        write for them are built, and their layer parameters compared.
+        """
+        if (len(new_layers) != self.n_layers or original.type not in self.applies_to_types
+                or tuple(l.type for l in new_layers) != self.new_types
+                or self.why_not(original, info) is not None):
+            return False
+        geo = self.geometry(original, info)
+        expected = self.new_layers(original, geo, self.ranks_from_layers(new_layers, geo.group))
+        for want, got in zip(expected, new_layers):
+            fields = [f.name for f, _ in want.spec.ListFields() if f.name.endswith("_param")]
+            if any(getattr(want.spec, f) != getattr(got.spec, f) for f in fields):
+                return False
+        return True
 
     def __repr__(self):
         return f"<method {self.name}>"
