@@ -31,6 +31,10 @@ RECORD_VERSION = 1
 _FORMAT = "caffe_tucker compression record"
 
 
+def _ratio(before: int, after: int) -> float:
+    return before / after if after else float("inf")
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     """One planned layer: compressed (``skipped_reason is None``) or left untouched."""
@@ -59,13 +63,8 @@ class LayerRecord:
     def compressed(self) -> bool:
         return self.skipped_reason is None
 
-    @property
-    def flops_ratio(self) -> float:
-        return self.flops_before / self.flops_after if self.flops_after else float("inf")
-
-    @property
-    def weights_ratio(self) -> float:
-        return self.weights_before / self.weights_after if self.weights_after else float("inf")
+    flops_ratio = property(lambda self: _ratio(self.flops_before, self.flops_after))
+    weights_ratio = property(lambda self: _ratio(self.weights_before, self.weights_after))
 
     def to_json(self) -> dict:
         return {"name": self.name, "method": self.method, "ranks": list(self.ranks),
@@ -113,13 +112,8 @@ class Totals:
                    bias_flops_before=before.total_bias_flops,
                    bias_flops_after=after.total_bias_flops)
 
-    @property
-    def weights_ratio(self) -> float:
-        return self.weights_before / self.weights_after if self.weights_after else float("inf")
-
-    @property
-    def flops_ratio(self) -> float:
-        return self.flops_before / self.flops_after if self.flops_after else float("inf")
+    flops_ratio = property(lambda self: _ratio(self.flops_before, self.flops_after))
+    weights_ratio = property(lambda self: _ratio(self.weights_before, self.weights_after))
 
     def to_json(self) -> dict:
         return {"weights_before": self.weights_before, "weights_after": self.weights_after,

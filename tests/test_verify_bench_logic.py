@@ -1,0 +1,129 @@
+"""verify and bench logic with the numpy FakeRuntime: runs everywhere, no Caffe needed.
+
+The real-Caffe versions of these checks are in test_caffe_integration.py; the fake agrees with
+real Caffe to 1e-6 (test_fake_runtime.py), so what these tests assert holds in Caffe too.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from caffe_tucker import ConvertOptions, convert, write_outputs
+from caffe_tucker.caffe.bench import bench
+from caffe_tucker.caffe.verify import (DECOMPOSITION_TOLERANCE, load_pair, reconstructed_original,
+                                       verify)
+from caffe_tucker.errors import CaffeTuckerError, InputFileError
+from caffe_tucker.io.emit import write_caffemodel
+from fake_runtime import FakeRuntime
+
+
+@pytest.fixture
+def converted(cifar, tmp_path):
+    """cifar10_quick with the first three layers compressed (tucker1, tucker2, svd), written out."""
+    result = convert(cifar, None, ConvertOptions(ranks={"conv1": 12, "conv2": [6, 9], "ip1": 20},
+                                                 spectra=False), progress=False)
+    out = tmp_path / "cifar_tucker"
+    write_outputs(result, out, plot=False)
+    return result, out
+
+
+def test_verify_output_directory_passes_and_measures_the_approximation(converted):
+    result, out = converted
+    fake = FakeRuntime()
+    v = verify(fake, load_pair([out]), random=3, seed=1)
+    assert v.passed and v.compressed_layers == ("conv1", "conv2", "ip1")
+    assert [c.blob for c in v.approximation] == ["prob"] and v.inputs == {"data": (3, 3, 32, 32)}
+    (d,) = v.decomposition
+    assert d.max_rel <= DECOMPOSITION_TOLERANCE
+    (a,) = v.approximation
+    assert a.max_rel > 10 * DECOMPOSITION_TOLERANCE      # low ranks do change the outputs
+    assert a.top1 is not None and 0 <= a.top1 <= 1 and a.top5 >= a.top1
+    assert [c.kind for c in fake.calls] == ["forward"] * 3
+
+
+def test_verify_fails_when_the_compressed_net_does_not_compute_its_decomposition(converted):
+    """A ReLU slipped between two new layers: the chain no longer computes the factor product."""
+    result, out = converted
+    text = (out / "deploy.prototxt").read_text()
+    relu = 'layer {\n  name: "sneaky"\n  type: "ReLU"\n  bottom: "conv2_tk1"\n  top: "conv2_tk1"\n}\n'
+    anchor = 'layer {\n  name: "conv2_tk2"'
+    assert anchor in text
+    (out / "deploy.prototxt").write_text(text.replace(anchor, relu + anchor))
+    v = verify(FakeRuntime(), load_pair([out]))
+    assert not v.passed and v.decomposition[0].max_rel > DECOMPOSITION_TOLERANCE
+
+
+def test_four_files_give_the_same_verdict_and_record(converted, cifar):
+    result, out = converted
+    pair = load_pair([cifar, cifar.with_suffix(".caffemodel"), out / "deploy.prototxt",
+                      out / "weights.caffemodel"])
+    assert [(r.name, r.method, r.ranks) for r in pair.record.layers] == [
+        (r.name, r.method, r.ranks) for r in result.record.compressed]
+    assert verify(FakeRuntime(), pair).passed
+
+
+def test_reconstructed_original_has_the_reconstructed_kernels(converted):
+    result, out = converted
+    pair = load_pair([out])
+    net = reconstructed_original(pair)
+    for r in result.record.compressed:
+        want = result.decompositions[r.name]
+        kernel = net.layer(r.name).blobs[0].astype(np.float64)
+        orig = pair.original.net.layer(r.name).blobs[0].astype(np.float64)
+        assert np.linalg.norm(kernel - orig) / np.linalg.norm(orig) == pytest.approx(
+            want.rel_error, rel=1e-4)
+        assert np.array_equal(net.layer(r.name).blobs[1], pair.original.net.layer(r.name).blobs[1])
+
+
+def test_report_paths_are_relative_to_the_output_directory(converted, tmp_path, monkeypatch):
+    result, out = converted
+    data = json.loads((out / "report.json").read_text())
+    assert data["source"] == {"prototxt": "../cifar.prototxt", "weights": "../cifar.caffemodel"}
+    assert data["version"] == 1
+    elsewhere = tmp_path / "a" / "b"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)                   # verify from another directory
+    assert verify(FakeRuntime(), load_pair(["../../cifar_tucker"])).passed
+    sibling = tmp_path / "copy"                    # a copy at the same depth finds the same sources
+    shutil.copytree(out, sibling)
+    assert load_pair([sibling]).original.prototxt == (tmp_path / "cifar.prototxt").resolve()
+
+
+def test_bench_rows_come_from_the_record(converted):
+    result, out = converted
+    fake = FakeRuntime()
+    b = bench(fake, load_pair([out]), batches=(1, 2), iterations=2, repeats=2, warmup=0)
+    assert set(b["batches"]) == {1, 2}
+    rows = {r["name"]: r for r in b["batches"][2]["layers"]}
+    for r in result.record.compressed:
+        row = rows[r.name]
+        assert row["method"] == r.method and len(row["parts_ms"]) == len(r.new_layers)
+        assert row["theoretical"] == pytest.approx(r.flops_before / r.flops_after)
+        assert row["compressed_ms"] == pytest.approx(sum(row["parts_ms"]))
+    assert rows["conv3"]["method"] is None and rows["conv3"]["theoretical"] == 1.0
+    total = b["batches"][1]["total"]
+    assert total["theoretical"] == pytest.approx(result.record.total.flops_ratio)
+    assert total["quotient"] == pytest.approx(total["speedup"] / total["theoretical"])
+    assert [c.kind for c in fake.calls] == ["time"] * 8       # 2 batches x 2 repeats x 2 nets
+
+
+def test_four_file_bench_works(converted, cifar):
+    """The four-file form used to die with KeyError: 'flops_before' (issue 8)."""
+    result, out = converted
+    pair = load_pair([cifar, cifar.with_suffix(".caffemodel"), out / "deploy.prototxt",
+                      out / "weights.caffemodel"])
+    b = bench(FakeRuntime(), pair, iterations=1, repeats=1, warmup=0)
+    rows = {r["name"]: r for r in b["batches"][1]["layers"]}
+    assert rows["conv2"]["theoretical"] == pytest.approx(result.record.layer("conv2").flops_ratio)
+
+
+def test_load_pair_refuses_what_is_not_a_pair(tmp_path, cifar):
+    with pytest.raises(InputFileError, match="not a convert output directory"):
+        load_pair([tmp_path])
+    with pytest.raises(CaffeTuckerError, match="output directory or four files"):
+        load_pair([cifar, cifar])
+    (tmp_path / "report.json").write_text("{\"layers\": 3}")
+    with pytest.raises(InputFileError, match="not a caffe_tucker compression record"):
+        load_pair([tmp_path])
