@@ -26,9 +26,9 @@ from caffe_tucker.caffe import worker as caffe_worker
 from caffe_tucker.io.emit import caffemodel_chunks
 from caffe_tucker.errors import CaffeTuckerError
 from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.caffe.process import caffe_reason
 from caffe_tucker.caffe.pycaffe import (ENV_VAR, NO_RUNTIME, CaffeRuntime, CaffeRuntimeError,
-                                  CaffeRuntimeUnavailable, caffe_reason, resolve_command,
-                                  runtime_available)
+                                  CaffeRuntimeUnavailable, resolve_command, runtime_available)
 
 # --------------------------------------------------------------------------------------------
 # Nets and a numpy reference

@@ -16,16 +16,14 @@ Every failure is a :class:`CaffeRuntimeError` with a one-line message that names
 no runtime configured, a command that does not exist, an interpreter without caffe, a worker that
 Caffe aborted (the message carries glog's ``Check failed: ...`` line from the worker's stderr), a
 request Caffe refused, or a timeout (the worker is then killed).  After a worker dies the next
-request starts a fresh one.
+request starts a fresh one.  Starting, reading, timing out and killing the worker, and picking
+Caffe's words out of its stderr, are :mod:`caffe_tucker.caffe.process`'s.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
-import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -37,7 +35,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from caffe_tucker.caffe import worker as _proto
+from caffe_tucker.caffe.process import (CaffeCommand, CaffeCommandError, LineReader, Watchdog,
+                                        caffe_messages, caffe_reason, child_env, describe_status,
+                                        kill_group, one_line, spawn, spawn_failure,
+                                        terminating_signal)
 from caffe_tucker.errors import CaffeTuckerError
+from caffe_tucker.graph import Net
+from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
 
 __all__ = ["CaffeRuntime", "CaffeRuntimeError", "CaffeRuntimeUnavailable", "ENV_VAR",
            "DEFAULT_TIMEOUT", "resolve_command", "runtime_available"]
@@ -48,7 +52,6 @@ HOW_TO_GET_ONE = ("set CAFFE_TUCKER_PYTHON or pass --caffe-python, e.g. "
                   "CAFFE_TUCKER_PYTHON=\"chroot /opt/caffe-root python3\" after "
                   "'sudo docker/caffe-rootfs.sh /opt/caffe-root'")
 NO_RUNTIME = f"no Caffe runtime: {HOW_TO_GET_ONE}"
-_MAX_MESSAGE = 1200
 
 
 class CaffeRuntimeError(CaffeTuckerError):
@@ -63,7 +66,7 @@ class CaffeRuntimeError(CaffeTuckerError):
     """
 
     def __init__(self, message: str, command: str | None = None, stderr_tail: Sequence[str] = ()):
-        super().__init__(_one_line(message))
+        super().__init__(one_line(message))
         self.command = command
         self.stderr_tail = list(stderr_tail)
 
@@ -72,9 +75,18 @@ class CaffeRuntimeUnavailable(CaffeRuntimeError):
     """No usable Caffe: none configured, the command does not exist, or it has no caffe module."""
 
 
-def _one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
-    line = " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+def _parse_command(command) -> CaffeCommand:
+    """The :class:`CaffeCommand` of ``command``, else of ``$CAFFE_TUCKER_PYTHON``."""
+    what = "the Caffe runtime command"
+    if command is None:
+        command = os.environ.get(ENV_VAR)
+        what = f"${ENV_VAR}"
+    if command is None or (isinstance(command, str) and not command.strip()):
+        raise CaffeRuntimeUnavailable(NO_RUNTIME)
+    try:
+        return CaffeCommand.parse(command, what=what, hint=HOW_TO_GET_ONE)
+    except CaffeCommandError as exc:
+        raise CaffeRuntimeUnavailable(str(exc)) from None
 
 
 def resolve_command(command: str | Sequence[str] | os.PathLike | None = None) -> list[str]:
@@ -85,146 +97,20 @@ def resolve_command(command: str | Sequence[str] | os.PathLike | None = None) ->
     Raises
     ------
     CaffeRuntimeUnavailable
-        When neither gives a command.
+        When neither gives a command, or the string cannot be split.
     """
-    source = "command"
-    if command is None:
-        command = os.environ.get(ENV_VAR)
-        source = ENV_VAR
-    if command is None or (isinstance(command, str) and not command.strip()):
-        raise CaffeRuntimeUnavailable(NO_RUNTIME)
-    if isinstance(command, os.PathLike):
-        argv = [os.fspath(command)]
-    elif isinstance(command, str):
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            raise CaffeRuntimeUnavailable(f"cannot split the Caffe runtime command {command!r} "
-                                          f"({source}): {exc}; hint: check its quoting") from None
-    else:
-        argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in command]
-    if not argv:
-        raise CaffeRuntimeUnavailable(NO_RUNTIME)
-    return argv
+    return list(_parse_command(command).argv)
 
 
-# --------------------------------------------------------------------------------------------
-# The worker's stderr: read on a thread into a bounded buffer, so the worker never blocks on it.
-
-class _StderrTail:
-    def __init__(self, stream, max_lines: int, echo: bool):
-        self._lines: collections.deque = collections.deque(maxlen=max_lines)
-        self._count = 0
-        self._lock = threading.Lock()
-        self._echo = echo
-        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True,
-                                        name="caffe-worker-stderr")
-        self._thread.start()
-
-    def _run(self, stream):
-        try:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if len(line) > 4000:
-                    line = line[:4000] + "..."
-                with self._lock:
-                    self._lines.append(line)
-                    self._count += 1
-                if self._echo:
-                    print(line, file=sys.stderr, flush=True)
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-    def mark(self) -> int:
-        with self._lock:
-            return self._count
-
-    def lines(self, since: int = 0) -> list[str]:
-        """The buffered lines printed after the ``mark()`` ``since`` (as many as are kept)."""
-        with self._lock:
-            keep = min(len(self._lines), max(self._count - since, 0))
-            return list(self._lines)[len(self._lines) - keep:]
-
-    def join(self, timeout: float):
-        self._thread.join(timeout)
-
-
-_GLOG = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ ([^\]]+)\] ?(.*)$")
-_PROTOBUF = re.compile(r"^\[libprotobuf (?:ERROR|FATAL) ([^\]]+)\] ?(.*)$")
-_NOISE = re.compile(r"^(\*\*\* Check failure stack trace: \*\*\*|\s*@\s+0x[0-9a-f]+|"
-                    r"\*\*\* (Aborted|SIGABRT|SIGSEGV).*|PC: @.*|Aborted.*)", re.I)
-
-
-def caffe_messages(lines: Sequence[str]) -> list[str]:
-    """Caffe's own error lines in its stderr: glog ERROR/FATAL (``Check failed: ...``) and
-    protobuf parse errors, as ``message [file:line]``, without repeats."""
-    found = []
-    for line in lines:
-        m = _GLOG.match(line)
-        if m and m.group(1) in "EF":
-            found.append(f"{m.group(3)} [{m.group(2)}]")
-            continue
-        m = _PROTOBUF.match(line)
-        if m:
-            found.append(f"{m.group(2)} [{m.group(1)}]")
-    return list(dict.fromkeys(found))
-
-
-def caffe_reason(lines: Sequence[str]) -> str:
-    """Pick what Caffe said about a failure out of its stderr: :func:`caffe_messages`, else a
-    Python exception line, else the first and last lines."""
-    found = caffe_messages(lines)
-    if found:
-        return " | ".join(found)
-    meaningful = [ln.strip() for ln in lines if ln.strip() and not _NOISE.match(ln)]
-    if not meaningful:
-        return "it printed nothing on stderr"
-    for line in reversed(meaningful):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception|Exit)\b.*:", line):
-            return line
-    if len(meaningful) <= 3:
-        return " | ".join(meaningful)
-    return f"{meaningful[0]} | ... | {meaningful[-1]}"
-
-
-
-def _describe_status(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    if code in (128 + signal.SIGABRT, 128 + signal.SIGSEGV, 128 + signal.SIGKILL):
-        return f"exit status {code}, i.e. {signal.Signals(code - 128).name}"
-    return f"exit status {code}"
-
-
-def _kill_group(proc: subprocess.Popen):
-    """Kill the worker and whatever the command prefix started with it (conda run, sudo)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+def _echo(line: str) -> None:
+    """Copy a line of the worker's stderr to ours (not a method: the reader thread must not keep
+    the runtime alive, or its finalizer would never kill the worker)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _net_sources(prototxt, caffemodel) -> tuple[str, bytes | None]:
     """Prototxt text and caffemodel bytes from text/bytes, paths, or a caffe_tucker Net."""
-    from caffe_tucker.graph import Net
-
     if isinstance(prototxt, Net):
-        from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
         net = prototxt
         prototxt = prototxt_text(net)
         if caffemodel is None and any(layer.blobs for layer in net.layers):
@@ -257,9 +143,20 @@ class CaffeRuntime:
         Also copy the worker's stderr (Caffe's log) to this process's stderr.
     stderr_lines : int
         How many of the worker's last stderr lines are kept for messages.
+    env : mapping, optional
+        The worker's environment (default: this process's), always without ``PYTHONHOME``.
 
     The worker starts on the first request (or on ``start()`` / entering the ``with`` block) and
     is restarted after it died.  Requests are serialised; one worker serves them all.
+
+    Attributes
+    ----------
+    caffe_command : CaffeCommand
+        The parsed command prefix (:mod:`caffe_tucker.caffe.process`).
+    argv : list of str
+        Its words.
+    command : str
+        Its words shell-quoted, as messages name it.
     """
 
     def __init__(self, command: str | Sequence[str] | None = None, *,
@@ -268,15 +165,16 @@ class CaffeRuntime:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
             raise ValueError("The 'timeout' parameter of CaffeRuntime must be a number of seconds "
                              f"> 0. Got {timeout!r} instead.")
-        self.argv = resolve_command(command)
-        self.command = shlex.join(self.argv)
+        self.caffe_command = _parse_command(command)
+        self.argv = list(self.caffe_command.argv)
+        self.command = str(self.caffe_command)
         self.timeout = float(timeout)
         self.echo_stderr = echo_stderr
         self.stderr_lines = int(stderr_lines)
         self.env = dict(env) if env is not None else None
         self.ready: dict | None = None      # the worker's ready message
         self._proc: subprocess.Popen | None = None
-        self._stderr: _StderrTail | None = None
+        self._stderr: LineReader | None = None
         self._lock = threading.RLock()
         self._timed_out = False
         self._net_key: str | None = None
@@ -308,13 +206,6 @@ class CaffeRuntime:
         """The worker's last ``n`` stderr lines (Caffe's log)."""
         return self._stderr.lines()[-n:] if self._stderr is not None else []
 
-    def _env(self) -> dict:
-        env = dict(os.environ if self.env is None else self.env)
-        env.pop("PYTHONHOME", None)  # this interpreter's, never the other one's
-        env.setdefault("GLOG_minloglevel", "2")
-        env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-        return env
-
     def start(self) -> dict:
         """Start the worker (if it is not running) and return its ready message."""
         with self._lock:
@@ -322,21 +213,18 @@ class CaffeRuntime:
                 return self.ready
             self._discard()
             argv = self.argv + ["-c", _proto.BOOTSTRAP]
+            env = child_env(self.env, GLOG_minloglevel="2", PYTHONDONTWRITEBYTECODE="1")
             try:
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=self._env(),
-                                        start_new_session=True, close_fds=True)
-            except FileNotFoundError as exc:
-                raise CaffeRuntimeUnavailable(
-                    f"cannot run the Caffe runtime `{self.command}`: {self.argv[0]!r} not found "
-                    f"({exc.strerror}); {HOW_TO_GET_ONE}", self.command) from None
+                proc = spawn(argv, env=env)
             except OSError as exc:
                 raise CaffeRuntimeUnavailable(
-                    f"cannot run the Caffe runtime `{self.command}`: {exc.strerror or exc}; "
-                    f"{HOW_TO_GET_ONE}", self.command) from None
+                    f"cannot run the Caffe runtime `{self.command}`: "
+                    f"{spawn_failure(exc, self.argv)}; {HOW_TO_GET_ONE}", self.command) from None
             self._proc = proc
-            self._stderr = _StderrTail(proc.stderr, self.stderr_lines, self.echo_stderr)
-            self._finalizer = weakref.finalize(self, _kill_group, proc)
+            self._stderr = LineReader(proc.stderr, self.stderr_lines,
+                                      _echo if self.echo_stderr else None,
+                                      name="caffe-worker-stderr")
+            self._finalizer = weakref.finalize(self, kill_group, proc)
             self._net_key = None
             source = Path(_proto.__file__).read_bytes()
             ready = self._exchange("start", lambda out: out.write(b"%d\n" % len(source) + source))
@@ -373,14 +261,14 @@ class CaffeRuntime:
                 try:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
-                    _kill_group(proc)
+                    kill_group(proc)
             self._discard()
 
     def kill(self):
         """Kill the worker now (the next request starts a new one)."""
         with self._lock:
             if self._proc is not None:
-                _kill_group(self._proc)
+                kill_group(self._proc)
             self._discard()
 
     def _discard(self):
@@ -389,8 +277,7 @@ class CaffeRuntime:
         self._net_key = None
         if proc is None:
             return
-        if proc.poll() is None:
-            _kill_group(proc)
+        kill_group(proc)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -407,20 +294,12 @@ class CaffeRuntime:
             self._finalizer = None
 
     # -- one exchange ---------------------------------------------------------------------------
-    def _on_timeout(self, proc):
-        self._timed_out = True
-        _kill_group(proc)
-
     def _exchange(self, what: str, send) -> dict:
         """Run ``send(stdin)`` and read one message, under the timeout; raise if the worker dies."""
         proc = self._proc
         mark = self._stderr.mark()
-        self._timed_out = False
-        timer = threading.Timer(self.timeout, self._on_timeout, args=(proc,))
-        timer.daemon = True
-        timer.start()
         garbage = None
-        try:
+        with Watchdog(proc, self.timeout) as watch:
             try:
                 send(proc.stdin)
                 proc.stdin.flush()
@@ -433,8 +312,7 @@ class CaffeRuntime:
             except _proto.ProtocolError as exc:
                 garbage = exc.args[0]
                 message = None
-        finally:
-            timer.cancel()
+        self._timed_out = watch.fired
         if message is None:
             if garbage is not None:
                 self._fail_protocol(what, garbage, mark)
@@ -449,7 +327,8 @@ class CaffeRuntime:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        status = _describe_status(proc.poll())
+        code = proc.poll()
+        status = describe_status(code)
         self._stderr.join(3 if proc.poll() is not None else 0.2)
         lines = self._stderr.lines(mark) or self._stderr.lines()
         command = self.command
@@ -462,7 +341,7 @@ class CaffeRuntime:
                 command, lines)
         during = "while starting" if what == "start" else f"during {what}"
         reason = caffe_reason(lines)
-        if status.endswith("SIGABRT") and caffe_messages(lines):
+        if terminating_signal(code) == signal.SIGABRT and caffe_messages(lines):
             # A CHECK failure or a glog FATAL: Caffe's own way of refusing the net or its inputs.
             raise CaffeRuntimeError(f"Caffe aborted {during}: {reason} (worker `{command}`)",
                                     command, lines)
@@ -471,7 +350,7 @@ class CaffeRuntime:
 
     def _fail_protocol(self, what: str, garbage, mark: int = 0):
         proc = self._proc
-        _kill_group(proc)
+        kill_group(proc)
         rest = b""
         try:
             rest = proc.stdout.read(300) or b""
