@@ -25,7 +25,6 @@ import os
 import shlex
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -123,13 +122,10 @@ def runs(caffe, caffe_binary, recipe, workdir, lmdbs):
         _convert(d, lmdbs, extra)
         solver_before = (d / "solver.prototxt").read_bytes()
         before = _accuracy(caffe, d / "deploy.prototxt", d / "weights.caffemodel", x_test, y_test)
-        t0 = time.monotonic()
         result = finetune(d, caffe_binary[0], progress=False)
-        seconds = time.monotonic() - t0
         after = _accuracy(caffe, d / "deploy.prototxt", d / "finetuned.caffemodel", x_test, y_test)
         total = json.loads((d / "report.json").read_text())["total"]
         figures[name] = {"before": before, "after": after, "log_accuracy": result.final_accuracy,
-                         "seconds": round(seconds, 1),
                          "weights_x": round(total["weights_before"] / total["weights_after"], 2),
                          "flops_x": round(total["flops_before"] / total["flops_after"], 2)}
         out[name] = (d, result, solver_before)
@@ -151,7 +147,6 @@ def test_finetune_recovers_accuracy(runs):
     assert harsh["after"] >= original - 0.025, figures
     for name in SETTINGS:
         assert figures[name]["log_accuracy"] is not None
-        assert figures[name]["seconds"] < 60
 
 
 def test_finetune_outputs(runs):
