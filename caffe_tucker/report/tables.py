@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["Column", "human", "render", "FORMATS", "dumps_json", "info_columns"]
+__all__ = ["Column", "human", "render", "FORMATS", "dumps_json", "info_columns", "ranks_columns",
+           "verify_columns", "bench_columns", "reproduce_columns"]
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -124,6 +125,82 @@ def info_columns() -> list[Column]:
         Column("weights", "weights", _num, ">"), Column("bias", "bias", _num, ">"),
         Column("FLOPs", "flops", _num, ">"),
     ]
+
+
+
+def _joined(v) -> str:
+    return "/".join(map(str, v))
+
+
+def ranks_columns() -> list[Column]:
+    """Columns of the ``ranks`` report (one row per planned layer)."""
+    return [Column("layer", "layer"), Column("method", "method"), Column("ranks", "ranks", _joined),
+            Column("per group", "groups"), Column("full", "full", _joined),
+            Column("weights after", "weights", human, ">"), Column("FLOPs after", "flops", human, ">"),
+            Column("status", "status")]
+
+
+def _g3(v) -> str:
+    return "" if v is None else f"{v:.3g}"
+
+
+def _percent(v) -> str:
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def verify_columns() -> list[Column]:
+    """Columns of the ``verify`` report (one row per check and output blob)."""
+    return [Column("check", "check"), Column("blob", "blob"), Column("max abs", "max_abs", _g3, ">"),
+            Column("max rel", "max_rel", _g3, ">"), Column("top-1 agree", "top1_agreement", _percent, ">"),
+            Column("top-5 agree", "top5_agreement", _percent, ">")]
+
+
+def _or_blank(v) -> str:
+    return v or ""
+
+
+def _fixed2(v) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def _times(v) -> str:
+    return "" if v is None else f"x{v:.2f}"
+
+
+def _parts(v) -> str:
+    return "(=" + "+".join(f"{p:.2f}" for p in v) + ")" if v else ""
+
+
+def bench_columns() -> list[Column]:
+    """Columns of the ``bench`` report (one row per original layer, footer: the whole net)."""
+    return [Column("layer", "name"), Column("method", "method", _or_blank),
+            Column("original ms", "original_ms", _fixed2, ">"),
+            Column("compressed ms", "compressed_ms", _fixed2, ">"),
+            Column("(= parts)", "parts_ms", _parts),
+            Column("speed-up", "speedup", _times, ">"), Column("FLOPs ratio", "theoretical", _times, ">"),
+            Column("quotient", "quotient", _fixed2, ">")]
+
+
+def _ranks_or_unknown(v) -> str:
+    return "" if not v else "/".join("?" if x is None else str(x) for x in v)
+
+
+def _human_or_blank(v) -> str:
+    return "" if v is None else human(v)
+
+
+def reproduce_columns() -> list[Column]:
+    """Columns of the ``reproduce`` report: ours beside the paper's (``*`` = compressed)."""
+    return [Column("layer", "layer"), Column("paper", "paper_name"), Column("method", "method"),
+            Column("ranks", "ranks", _ranks_or_unknown, ">"),
+            Column("paper ranks", "paper_ranks", _ranks_or_unknown, ">"),
+            Column("weights", "weights_before", _human_or_blank, ">"),
+            Column("paper", "paper_weights", str, ">"),
+            Column("weights*", "weights_after", _human_or_blank, ">"),
+            Column("paper*", "paper_weights_after", str, ">"),
+            Column("FLOPs*", "flops_after", _human_or_blank, ">"),
+            Column("paper*", "paper_flops_after", str, ">"),
+            Column("note", "note", _or_blank)]
 
 
 def _ratio(before, after) -> str:

@@ -1,0 +1,110 @@
+"""Argument groups shared by the subcommands, and the values they turn into.
+
+Every flag is defined here once.  A subcommand's module adds the groups it
+takes to its parser; a group that several subcommands share in the same
+order is one function (:func:`add_net_input`, :func:`add_compression`,
+:func:`add_caffe_runtime`); a flag that stands at different places in
+different subcommands is a function of its own.  Help texts that differ per
+subcommand are parameters.
+"""
+
+from __future__ import annotations
+
+from caffe_tucker.analysis.shapes import parse_input_shapes
+from caffe_tucker.caffe.pycaffe import CaffeRuntime
+from caffe_tucker.report.tables import FORMATS
+
+
+def add_prototxt(p, help=None):
+    p.add_argument("prototxt", help=help)
+
+
+def add_weights(p, help):
+    p.add_argument("--weights", "-w", metavar="CAFFEMODEL", help=help)
+
+
+def add_input_shape(p, help=None):
+    p.add_argument("--input-shape", action="append", metavar="[BLOB=]N,C,H,W", help=help)
+
+
+def add_net_input(p):
+    """The net to read as it is: prototxt, ``--weights``, ``--input-shape``, ``--phase``."""
+    add_prototxt(p, "net definition (deploy or train_val; current, V1 or legacy input format)")
+    add_weights(p, "trained weights (.caffemodel, current or V1 format)")
+    add_input_shape(p, "shape of a data input the net does not declare (repeatable)")
+    p.add_argument("--phase", default="TEST", choices=["TRAIN", "TEST"],
+                   help="which phase's layers to keep for a train_val net (default TEST)")
+
+
+def add_compression(p):
+    """The net to compress and how: prototxt, ``--weights``, ``--preset``, ``--layers``,
+    ``--ranks``, ``--rank-method``, ``--weaken``, ``--input-shape``
+    (read back by :func:`convert_options`)."""
+    add_prototxt(p, "deploy net definition")
+    add_weights(p, "trained weights (default: <prototxt stem>.caffemodel beside it)")
+    p.add_argument("--preset", help="which layers to compress and how: auto or a zoo model's "
+                   "(alexnet, vgg_s, googlenet, vgg16, digits); default: the zoo net this is, else auto")
+    p.add_argument("--layers", metavar="L1,L2", help="compress only these layers")
+    p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
+    p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",
+                   help="how ranks are chosen (default vbmf)")
+    p.add_argument("--weaken", type=float, default=1.0,
+                   help="scale VBMF's estimated noise variance (>1 keeps fewer components)")
+    add_input_shape(p)
+
+
+def add_compared_nets(p, help="a convert output directory, or "
+                      "ORIG.prototxt ORIG.caffemodel NEW.prototxt NEW.caffemodel"):
+    """The original and the compressed net, for ``verify`` and ``bench``: ``paths``."""
+    p.add_argument("paths", nargs="+", metavar="PATH", help=help)
+
+
+def add_caffe_runtime(p):
+    """How to run pycaffe: ``--caffe-python``, ``--caffe-timeout`` (see :func:`caffe_runtime`)."""
+    p.add_argument("--caffe-python", metavar="CMD",
+                   help="command that runs pycaffe's Python, e.g. 'chroot /opt/caffe-root python3' "
+                   "(default: $CAFFE_TUCKER_PYTHON)")
+    p.add_argument("--caffe-timeout", type=float, default=600, metavar="S",
+                   help="give up on a Caffe call after S seconds (default 600)")
+
+
+def add_output(p, metavar, help=None, required=False):
+    p.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
+
+
+def add_force(p, help):
+    p.add_argument("--force", action="store_true", help=help)
+
+
+def add_seed(p):
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_format(p):
+    p.add_argument("--format", "-f", default="table", choices=list(FORMATS))
+
+
+def input_shapes(args) -> dict:
+    """``--input-shape`` values as ``{blob or None: shape}``."""
+    return parse_input_shapes(args.input_shape)
+
+
+def convert_options(args, **extra):
+    """The :class:`~caffe_tucker.compress.convert.ConvertOptions` of :func:`add_compression`'s
+    flags; ``extra`` sets the other fields."""
+    # compress.convert imports tensorly and scipy (about 0.4 s): imported on use so that
+    # --help and the subcommands that do not compress stay quick.
+    from caffe_tucker.compress.convert import ConvertOptions, load_ranks_file
+
+    return ConvertOptions(
+        preset=args.preset,
+        layers=tuple(x for x in args.layers.split(",") if x) if args.layers else None,
+        ranks=load_ranks_file(args.ranks) if args.ranks else None,
+        ranks_source=args.ranks or "ranks file",
+        rank_method=args.rank_method, weaken=args.weaken,
+        input_shapes=input_shapes(args), **extra)
+
+
+def caffe_runtime(args) -> CaffeRuntime:
+    """The pycaffe runtime :func:`add_caffe_runtime`'s flags ask for (a context manager)."""
+    return CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout)

@@ -1,0 +1,66 @@
+"""``bench``: time the original and the compressed net in real Caffe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
+from caffe_tucker.caffe.bench import bench, bench_png
+from caffe_tucker.cli.args import add_caffe_runtime, add_compared_nets, add_format, caffe_runtime
+from caffe_tucker.errors import CaffeTuckerError, check_param
+from caffe_tucker.io.fsutil import write_atomic
+from caffe_tucker.io.read import read_net
+from caffe_tucker.report.tables import bench_columns, dumps_json, render
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("bench", help="time the original and the compressed net in real Caffe")
+    add_compared_nets(p, "as for verify")
+    p.add_argument("--batch", default="1", metavar="B1,B2", help="batch sizes (default 1)")
+    p.add_argument("--iterations", type=int, default=20, help="timed passes per repetition")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians)")
+    add_format(p)
+    p.add_argument("--png", metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
+    add_caffe_runtime(p)
+    return p
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        batches = [int(b) for b in text.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        check_param("batch", text, False, "positive integers separated by commas", "bench",
+                    exc=CaffeTuckerError)
+    return batches
+
+
+def run(args) -> int:
+    # caffe.verify imports compress.decompose, hence tensorly and scipy (about 0.4 s): imported
+    # on use so that --help and the other subcommands stay quick.
+    from caffe_tucker.caffe.verify import _report_from_nets, resolve_verify_args
+
+    o_proto, o_w, n_proto, n_w, report, _ = resolve_verify_args(args.paths)
+    batches = _batch_sizes(args.batch)
+    nets = []
+    for proto, w in ((o_proto, o_w), (n_proto, n_w)):
+        net = read_net(proto, w).for_state("TEST")
+        nets.append(fit_weights(net, infer_shapes(net)))
+    report = report or _report_from_nets(*nets)
+    with caffe_runtime(args) as rt:
+        result = bench(rt, nets[0], nets[1], report, batches, args.iterations, args.repeats)
+    png = args.png or (Path(args.paths[0]) / "bench.png" if len(args.paths) == 1 else None)
+    if png:
+        write_atomic(png, bench_png(result), force=True)
+    if args.format == "json":
+        sys.stdout.write(dumps_json({str(b): r for b, r in result["batches"].items()}))
+        return 0
+    for batch, r in result["batches"].items():
+        print(f"batch {batch} (Caffe CPU, medians of {args.repeats} alternating runs x {args.iterations} passes)")
+        sys.stdout.write(render(bench_columns(), r["layers"], args.format,
+                                footer={"name": "whole net", **r["total"]}))
+    if png:
+        print(f"wrote {png}")
+    return 0

@@ -1,0 +1,60 @@
+"""``convert``: compress a net and write the compressed net, its weights and fine-tuning files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from caffe_tucker.cli.args import add_compression, add_force, add_output, convert_options
+from caffe_tucker.report.tables import human
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("convert", help="compress a net: VBMF ranks, Tucker decomposition, "
+                              "rewritten net and fine-tuning files")
+    add_compression(p)
+    add_output(p, "DIR", "output directory (default: <prototxt stem>_tucker/ beside the input)")
+    add_force(p, "write into an existing non-empty directory")
+    p.add_argument("--train-val", metavar="FILE", help="your train_val prototxt, rewritten like the deploy")
+    p.add_argument("--train-source", metavar="LMDB", help="training LMDB for the generated train_val")
+    p.add_argument("--val-source", metavar="LMDB", help="validation LMDB for the generated train_val")
+    p.add_argument("--batch-size", type=int, help="fine-tuning batch size (default: the zoo model's, else 32)")
+    p.add_argument("--train-images", type=int, default=1281167,
+                   help="training set size, for epochs in iterations (default: ImageNet's 1,281,167)")
+    p.add_argument("--val-images", type=int, default=50000, help="validation set size (default 50,000)")
+    p.add_argument("--epochs", type=float, default=15, help="fine-tuning epochs (default 15)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw ranks.png")
+    return p
+
+
+def run(args) -> int:
+    # compress.convert imports tensorly and scipy (about 0.4 s): imported on use so that
+    # --help and the other subcommands stay quick.
+    from caffe_tucker.compress.convert import check_out_dir, convert, write_outputs
+
+    options = convert_options(
+        args, train_val=args.train_val, train_source=args.train_source, val_source=args.val_source,
+        batch_size=args.batch_size, train_images=args.train_images, val_images=args.val_images,
+        epochs=args.epochs, spectra=not args.no_plot)
+    proto = Path(args.prototxt)
+    out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_tucker"
+    check_out_dir(out, args.force)  # fail before the work, not after
+    result = convert(proto, args.weights, options)
+    write_outputs(result, out, force=args.force, plot=not args.no_plot,
+                  inputs=[proto, args.weights, args.train_val, args.ranks])
+    t = result.report["total"]
+    print(f"preset {result.preset}; compressed {len(result.decompositions)} of "
+          f"{len(result.choices)} planned layers")
+    for row in result.report["layers"]:
+        if row["skipped_reason"]:
+            print(f"  {row['name']}: untouched ({row['skipped_reason']})")
+        else:
+            print(f"  {row['name']}: {row['method']} ranks {row['ranks']}  "
+                  f"weights {human(row['weights_before'])} -> {human(row['weights_after'])}  "
+                  f"FLOPs {human(row['flops_before'])} -> {human(row['flops_after'])}  "
+                  f"rel. error {row['rel_error']:.3f}")
+    print(f"total: weights {human(t['weights_before'])} -> {human(t['weights_after'])} "
+          f"(x{t['weights_before'] / t['weights_after']:.2f}), FLOPs {human(t['flops_before'])} -> "
+          f"{human(t['flops_after'])} (x{t['flops_before'] / t['flops_after']:.2f})")
+    print(f"wrote {out}/: " + ", ".join(f for f in sorted(p.name for p in out.iterdir())
+                                          if not f.startswith(".")))
+    return 0
