@@ -26,7 +26,7 @@ Layers the weights do not cover get blobs drawn from their fillers by
 :func:`caffe_tucker.io.fillers.init_weights` (Caffe would draw its own, different values).
 A layer type it does not implement raises :class:`NotImplementedError` naming the type.
 A train_val net (``Data`` layers) is for the caller to turn into a deploy net first
-(:func:`caffe_tucker.compress.finetune_files.deploy_from_train_val`).
+(:func:`caffe_tucker.model.deploy_from_train_val`).
 """
 
 from __future__ import annotations

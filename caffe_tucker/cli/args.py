@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from caffe_tucker.analysis.shapes import parse_input_shapes
 from caffe_tucker.caffe.pycaffe import CaffeRuntime
+from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.report.tables import FORMATS
 
 
@@ -45,6 +46,9 @@ def add_compression(p):
     p.add_argument("--preset", help="which layers to compress and how: auto or a zoo model's "
                    "(alexnet, vgg_s, googlenet, vgg16, digits); default: the zoo net this is, else auto")
     p.add_argument("--layers", metavar="L1,L2", help="compress only these layers")
+    p.add_argument("--method", action="append", metavar="LAYER=METHOD",
+                   help="compress LAYER with METHOD whatever the preset says (repeatable; "
+                   "methods: see the README's method table)")
     p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
     p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",
                    help="how ranks are chosen (default vbmf)")
@@ -99,10 +103,24 @@ def convert_options(args, **extra):
     return ConvertOptions(
         preset=args.preset,
         layers=tuple(x for x in args.layers.split(",") if x) if args.layers else None,
+        methods=layer_methods(args.method),
         ranks=load_ranks_file(args.ranks) if args.ranks else None,
         ranks_source=args.ranks or "ranks file",
         rank_method=args.rank_method, weaken=args.weaken,
         input_shapes=input_shapes(args), **extra)
+
+
+def layer_methods(values) -> dict | None:
+    """``--method conv2=tucker1`` values as ``{"conv2": "tucker1"}`` (None when none given)."""
+    if not values:
+        return None
+    out = {}
+    for value in values:
+        layer, sep, method = value.partition("=")
+        check_param("method", value, bool(sep and layer and method),
+                    "LAYER=METHOD, e.g. conv2=tucker1", "convert", exc=CaffeTuckerError)
+        out[layer] = method
+    return out
 
 
 def caffe_runtime(args) -> CaffeRuntime:

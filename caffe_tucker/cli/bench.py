@@ -5,12 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
 from caffe_tucker.caffe.bench import bench, bench_png
 from caffe_tucker.cli.args import add_caffe_runtime, add_compared_nets, add_format, caffe_runtime
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.io.fsutil import write_atomic
-from caffe_tucker.io.read import read_net
 from caffe_tucker.report.tables import bench_columns, dumps_json, render
 
 
@@ -40,17 +38,12 @@ def _batch_sizes(text: str) -> list[int]:
 def run(args) -> int:
     # caffe.verify imports compress.decompose, hence tensorly and scipy (about 0.4 s): imported
     # on use so that --help and the other subcommands stay quick.
-    from caffe_tucker.caffe.verify import _report_from_nets, resolve_verify_args
+    from caffe_tucker.caffe.verify import load_pair
 
-    o_proto, o_w, n_proto, n_w, report, _ = resolve_verify_args(args.paths)
     batches = _batch_sizes(args.batch)
-    nets = []
-    for proto, w in ((o_proto, o_w), (n_proto, n_w)):
-        net = read_net(proto, w).for_state("TEST")
-        nets.append(fit_weights(net, infer_shapes(net)))
-    report = report or _report_from_nets(*nets)
+    pair = load_pair(args.paths)
     with caffe_runtime(args) as rt:
-        result = bench(rt, nets[0], nets[1], report, batches, args.iterations, args.repeats)
+        result = bench(rt, pair, batches, args.iterations, args.repeats)
     png = args.png or (Path(args.paths[0]) / "bench.png" if len(args.paths) == 1 else None)
     if png:
         write_atomic(png, bench_png(result), force=True)

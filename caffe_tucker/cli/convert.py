@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from caffe_tucker.cli.args import add_compression, add_force, add_output, convert_options
+from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.tables import human
 
 
@@ -29,7 +30,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     # compress.convert imports tensorly and scipy (about 0.4 s): imported on use so that
     # --help and the other subcommands stay quick.
-    from caffe_tucker.compress.convert import check_out_dir, convert, write_outputs
+    from caffe_tucker.compress.convert import convert, write_outputs
 
     options = convert_options(
         args, train_val=args.train_val, train_source=args.train_source, val_source=args.val_source,
@@ -37,24 +38,24 @@ def run(args) -> int:
         epochs=args.epochs, spectra=not args.no_plot)
     proto = Path(args.prototxt)
     out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_tucker"
-    check_out_dir(out, args.force)  # fail before the work, not after
+    inputs = [proto, args.weights, args.train_val, args.ranks]
+    check_out_dir(out, args.force, inputs)  # fail before the work, not after
     result = convert(proto, args.weights, options)
-    write_outputs(result, out, force=args.force, plot=not args.no_plot,
-                  inputs=[proto, args.weights, args.train_val, args.ranks])
-    t = result.report["total"]
-    print(f"preset {result.preset}; compressed {len(result.decompositions)} of "
-          f"{len(result.choices)} planned layers")
-    for row in result.report["layers"]:
-        if row["skipped_reason"]:
-            print(f"  {row['name']}: untouched ({row['skipped_reason']})")
+    write_outputs(result, out, force=args.force, plot=not args.no_plot, inputs=inputs)
+    record, t = result.record, result.record.total
+    print(f"preset {result.preset}; compressed {len(record.compressed)} of "
+          f"{len(record.layers)} planned layers")
+    for row in record.layers:
+        if not row.compressed:
+            print(f"  {row.name}: untouched ({row.skipped_reason})")
         else:
-            print(f"  {row['name']}: {row['method']} ranks {row['ranks']}  "
-                  f"weights {human(row['weights_before'])} -> {human(row['weights_after'])}  "
-                  f"FLOPs {human(row['flops_before'])} -> {human(row['flops_after'])}  "
-                  f"rel. error {row['rel_error']:.3f}")
-    print(f"total: weights {human(t['weights_before'])} -> {human(t['weights_after'])} "
-          f"(x{t['weights_before'] / t['weights_after']:.2f}), FLOPs {human(t['flops_before'])} -> "
-          f"{human(t['flops_after'])} (x{t['flops_before'] / t['flops_after']:.2f})")
+            print(f"  {row.name}: {row.method} ranks {list(row.ranks)}  "
+                  f"weights {human(row.weights_before)} -> {human(row.weights_after)}  "
+                  f"FLOPs {human(row.flops_before)} -> {human(row.flops_after)}  "
+                  f"rel. error {row.rel_error:.3f}")
+    print(f"total: weights {human(t.weights_before)} -> {human(t.weights_after)} "
+          f"(x{t.weights_ratio:.2f}), FLOPs {human(t.flops_before)} -> "
+          f"{human(t.flops_after)} (x{t.flops_ratio:.2f})")
     print(f"wrote {out}/: " + ", ".join(f for f in sorted(p.name for p in out.iterdir())
                                           if not f.startswith(".")))
     return 0

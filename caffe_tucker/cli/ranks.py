@@ -18,16 +18,18 @@ def add_parser(subparsers):
 def run(args) -> int:
     # compress.convert and compress.ranks import tensorly and scipy (about 0.4 s): imported on
     # use so that --help and the other subcommands stay quick.
-    from caffe_tucker.compress.convert import choose_ranks, ranks_json
-    from caffe_tucker.compress.ranks import decomposed_cost
+    from caffe_tucker.compress.convert import choose_ranks
+    from caffe_tucker.compress.methods import get_method
+    from caffe_tucker.compress.ranks import ranks_json
 
-    net, shapes, preset, choices = choose_ranks(args.prototxt, args.weights, convert_options(args))
+    model, preset, choices = choose_ranks(args.prototxt, args.weights, convert_options(args))
     if args.format == "json":
         sys.stdout.write(dumps_json(ranks_json(choices)))
         return 0
     rows = []
     for c in choices.values():
-        w, f = decomposed_cost(net, shapes, c.layer, c.method, c.ranks) if min(c.ranks) else ((), ())
+        w, f = (get_method(c.method).cost(model.net.layer(c.layer), model.shapes.layers[c.layer],
+                                          c.ranks) if min(c.ranks) else ((), ()))
         rows.append({"layer": c.layer, "method": c.method, "ranks": c.ranks,
                      "groups": " ".join("/".join(map(str, r)) for r in c.group_ranks)
                      if len(c.group_ranks) > 1 else "", "full": c.full,

@@ -26,6 +26,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     # compress.reproduce imports tensorly and scipy (about 0.4 s): imported on use so that
     # --help and the other subcommands stay quick.
+    from caffe_tucker.caffe.verify import load_pair
     from caffe_tucker.compress.reproduce import reproduce
 
     result, cmp, out = reproduce(args.model, weights=args.weights, paper_ranks_only=args.paper_ranks,
@@ -33,7 +34,7 @@ def run(args) -> int:
     if args.bench:
         with caffe_runtime(args) as rt:
             cmp["bench"] = {str(b): r for b, r in bench(
-                rt, result.original, result.compressed, result.report, (1,), 10, 3)["batches"].items()}
+                rt, load_pair([out]), (1,), 10, 3)["batches"].items()}
     if args.format == "json":
         sys.stdout.write(dumps_json(cmp))
         return 0

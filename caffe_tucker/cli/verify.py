@@ -6,7 +6,6 @@ import sys
 
 from caffe_tucker.cli.args import add_caffe_runtime, add_compared_nets, add_format, add_seed, caffe_runtime
 from caffe_tucker.report.tables import dumps_json, render, verify_columns
-from caffe_tucker.zoo import zoo_model
 
 
 def add_parser(subparsers):
@@ -22,17 +21,13 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    # caffe.verify imports compress.decompose, hence tensorly and scipy (about 0.4 s): imported
+    # caffe.verify imports compress.methods, hence tensorly and scipy (about 0.4 s): imported
     # on use so that --help and the other subcommands stay quick.
-    from caffe_tucker.caffe.verify import resolve_verify_args, verify
+    from caffe_tucker.caffe.verify import load_pair, verify
 
-    o_proto, o_w, n_proto, n_w, report, preset = resolve_verify_args(args.paths)
-    preprocess = None
-    if preset and preset != "auto":
-        preprocess = zoo_model(preset).get("preprocess")
+    pair = load_pair(args.paths)
     with caffe_runtime(args) as rt:
-        result = verify(rt, o_proto, o_w, n_proto, n_w, report, images=args.images,
-                        random=args.random, seed=args.seed, preprocess=preprocess)
+        result = verify(rt, pair, images=args.images, random=args.random, seed=args.seed)
     if args.format == "json":
         sys.stdout.write(dumps_json(result.to_dict()))
     else:

@@ -40,7 +40,7 @@ from caffe_tucker.compress.vbmf import evbmf
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Net
 
-__all__ = ["RankChoice", "parse_rank_method", "select_ranks", "check_manual_ranks"]
+__all__ = ["RankChoice", "parse_rank_method", "select_ranks", "check_manual_ranks", "ranks_json"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
         method = get_method(plan[name])
         labels = method.rank_labels
         values = value if isinstance(value, list) else [value]
-        shape = (f"a list [{', '.join(labels)}]" if len(labels) > 1 else "one integer")
+        shape = ("one integer" if len(labels) == 1 else
+                 f"{'a pair' if len(labels) == 2 else 'a list'} [{', '.join(labels)}]")
         check_param("ranks", value, len(values) == len(labels) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in values),
             f"{shape} for the {method.name} layer '{name}'", source, exc=CaffeTuckerError)
@@ -175,3 +176,9 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
         if progress is not None:
             progress.update(1, name)
     return out
+
+
+def ranks_json(choices: dict[str, RankChoice]) -> dict:
+    """What ``ranks.json`` holds for these choices: the ranks of every layer to be compressed."""
+    return {name: get_method(c.method).rank_value(c.ranks) for name, c in choices.items()
+            if c.skipped_reason is None}

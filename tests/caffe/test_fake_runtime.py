@@ -17,7 +17,7 @@ import reference
 from caffe_tucker import load
 from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
 from caffe_tucker.caffe.pycaffe import CaffeRuntimeError
-from caffe_tucker.compress.finetune_files import deploy_from_train_val
+from caffe_tucker.model import deploy_from_train_val
 from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
 from caffe_tucker.io.fillers import init_weights
 from caffe_tucker.io.read import read_net

@@ -175,7 +175,13 @@ def test_output_rules(cli, cifar, tmp_path):
     shutil.copy(tmp_path / "out" / "weights.caffemodel", tmp_path / "out" / "deploy.caffemodel")
     before = deploy.read_bytes()
     code, _, err = cli("convert", deploy, "-o", tmp_path / "out", "--force")
-    assert code == 1 and "refusing to write over the input" in err
+    assert code == 1 and "holds the input" in err
     assert deploy.read_bytes() == before
+    # Nor is a ranks file inside the directory to be replaced (refused before any work).
+    ranks = tmp_path / "out" / "ranks.json"
+    listing = sorted(p.name for p in (tmp_path / "out").iterdir())
+    code, _, err = cli("convert", cifar, "--ranks", ranks, "-o", tmp_path / "out", "--force")
+    assert code == 1 and "holds the input" in err and str(ranks) in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == listing
     code, _, err = cli("convert", tmp_path / "nothing.prototxt")
     assert code == 1 and "no such prototxt" in err
