@@ -1,0 +1,1 @@
+"""The command line: one parser (``main``), shared argument groups (``args``), a module per subcommand."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 from caffe_tucker.analysis.cost import analyze
-from caffe_tucker.analysis.shapes import fit_weights, infer_shapes
 from caffe_tucker.cli.args import add_format, add_net_input, input_shapes
-from caffe_tucker.io.read import read_net
+from caffe_tucker.model import load_model
 from caffe_tucker.report.tables import info_columns, render
 
 
@@ -19,11 +18,10 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    net = read_net(args.prototxt, args.weights).for_state(args.phase)
-    shapes = infer_shapes(net, input_shapes(args))
-    if args.weights:
-        net = fit_weights(net, shapes)
-    result = analyze(net, shapes)
+    model = load_model(args.prototxt, args.weights, phase=args.phase,
+                       input_shapes=input_shapes(args))
+    net = model.net
+    result = analyze(net, model.shapes)
     payload = result.to_dict()
     if args.format == "json":
         sys.stdout.write(render([], [], "json", payload=payload))
