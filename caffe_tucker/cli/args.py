@@ -10,10 +10,54 @@ subcommand are parameters.
 
 from __future__ import annotations
 
+import argparse
+import math
+
 from caffe_tucker.analysis.shapes import parse_input_shapes
 from caffe_tucker.caffe.pycaffe import CaffeRuntime
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.report.tables import FORMATS
+
+
+def int_in(low: int, high: int | None = None):
+    """An argparse ``type``: an integer in [low, high] (no upper bound when ``high`` is None).
+
+    A value outside is a usage error naming the allowed range, e.g. ``argument --repeats: must
+    be an integer >= 1, got 0``.
+    """
+    want = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(low: float, high: float | None = None, low_open: bool = True):
+    """An argparse ``type``: a finite number above ``low`` (or at it, with ``low_open=False``),
+    at most ``high``; nan and inf are refused."""
+    bound = f"> {low:g}" if low_open else f">= {low:g}"
+    want = f"a finite number {bound}" + ("" if high is None else f" and <= {high:g}")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if (not math.isfinite(value) or value < low or (low_open and value == low)
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def add_prototxt(p, help=None):
@@ -52,7 +96,7 @@ def add_compression(p):
     p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
     p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",
                    help="how ranks are chosen (default vbmf)")
-    p.add_argument("--weaken", type=float, default=1.0,
+    p.add_argument("--weaken", type=float_in(0), default=1.0,
                    help="scale VBMF's estimated noise variance (>1 keeps fewer components)")
     add_input_shape(p)
 
@@ -68,7 +112,7 @@ def add_caffe_runtime(p):
     p.add_argument("--caffe-python", metavar="CMD",
                    help="command that runs pycaffe's Python, e.g. 'chroot /opt/caffe-root python3' "
                    "(default: $CAFFE_TUCKER_PYTHON)")
-    p.add_argument("--caffe-timeout", type=float, default=600, metavar="S",
+    p.add_argument("--caffe-timeout", type=float_in(0), default=600, metavar="S",
                    help="give up on a Caffe call after S seconds (default 600)")
 
 
@@ -81,7 +125,7 @@ def add_force(p, help):
 
 
 def add_seed(p):
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
 
 
 def add_format(p):

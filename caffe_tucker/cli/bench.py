@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from caffe_tucker.caffe.bench import bench, bench_png
-from caffe_tucker.cli.args import add_caffe_runtime, add_compared_nets, add_format, caffe_runtime
+from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, caffe_runtime,
+                                   int_in)
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.io.fsutil import write_atomic
 from caffe_tucker.report.tables import bench_columns, dumps_json, render
@@ -16,8 +17,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser("bench", help="time the original and the compressed net in real Caffe")
     add_compared_nets(p, "as for verify")
     p.add_argument("--batch", default="1", metavar="B1,B2", help="batch sizes (default 1)")
-    p.add_argument("--iterations", type=int, default=20, help="timed passes per repetition")
-    p.add_argument("--repeats", type=int, default=3, help="alternating repetitions (medians)")
+    p.add_argument("--iterations", type=int_in(1), default=20, help="timed passes per repetition")
+    p.add_argument("--repeats", type=int_in(1), default=3, help="alternating repetitions (medians)")
     add_format(p)
     p.add_argument("--png", metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
     add_caffe_runtime(p)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caffe_tucker.cli.args import add_compression, add_force, add_output, convert_options
+from caffe_tucker.cli.args import (add_compression, add_force, add_output, convert_options, float_in,
+                                   int_in)
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.tables import human
 
@@ -18,11 +19,11 @@ def add_parser(subparsers):
     p.add_argument("--train-val", metavar="FILE", help="your train_val prototxt, rewritten like the deploy")
     p.add_argument("--train-source", metavar="LMDB", help="training LMDB for the generated train_val")
     p.add_argument("--val-source", metavar="LMDB", help="validation LMDB for the generated train_val")
-    p.add_argument("--batch-size", type=int, help="fine-tuning batch size (default: the zoo model's, else 32)")
-    p.add_argument("--train-images", type=int, default=1281167,
+    p.add_argument("--batch-size", type=int_in(1), help="fine-tuning batch size (default: the zoo model's, else 32)")
+    p.add_argument("--train-images", type=int_in(1), default=1281167,
                    help="training set size, for epochs in iterations (default: ImageNet's 1,281,167)")
-    p.add_argument("--val-images", type=int, default=50000, help="validation set size (default 50,000)")
-    p.add_argument("--epochs", type=float, default=15, help="fine-tuning epochs (default 15)")
+    p.add_argument("--val-images", type=int_in(1), default=50000, help="validation set size (default 50,000)")
+    p.add_argument("--epochs", type=float_in(0), default=15, help="fine-tuning epochs (default 15)")
     p.add_argument("--no-plot", action="store_true", help="do not draw ranks.png")
     return p
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from caffe_tucker.caffe.finetune import CAFFE_ENV_VAR, finetune
+from caffe_tucker.cli.args import int_in
 
 
 def add_parser(subparsers):
@@ -17,7 +18,7 @@ def add_parser(subparsers):
                    "'docker run --rm -v \"$PWD\":/work -w /work caffe-tucker:cpu caffe'; "
                    "default: $CAFFE_TUCKER_CAFFE, else caffe")
     p.add_argument("--gpu", metavar="all|0,1", help="train on these GPUs (a GPU build of Caffe)")
-    p.add_argument("--max-iter", type=int, metavar="N", help="override the solver's max_iter")
+    p.add_argument("--max-iter", type=int_in(1), metavar="N", help="override the solver's max_iter")
     p.add_argument("--resume", metavar="FILE.solverstate",
                    help="continue from a snapshot instead of starting from weights.caffemodel")
     return p

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from caffe_tucker.cli.args import add_caffe_runtime, add_compared_nets, add_format, add_seed, caffe_runtime
+from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, add_seed,
+                                   caffe_runtime, int_in)
 from caffe_tucker.report.tables import dumps_json, render, verify_columns
 
 
@@ -13,7 +14,7 @@ def add_parser(subparsers):
     add_compared_nets(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--images", metavar="DIR", help="feed these images (preprocessed like the zoo model)")
-    src.add_argument("--random", type=int, default=2, metavar="N", help="feed N random inputs (default 2)")
+    src.add_argument("--random", type=int_in(1), default=2, metavar="N", help="feed N random inputs (default 2)")
     add_seed(p)
     add_format(p)
     add_caffe_runtime(p)

@@ -144,7 +144,12 @@ def test_v1_lenet_converts(cli, tmp_path, shared_models):
     (["--layers", "nope"], "--layers names 'nope'"),
     (["--rank-method", "magic"], "The 'rank-method' parameter of convert must be one of"),
     (["--rank-method", "energy:2"], "'energy:F' with F in (0, 1]"),
-    (["--weaken", "0"], "The 'weaken' parameter of convert must be a float > 0"),
+    (["--weaken", "0"], "argument --weaken: must be a finite number > 0, got 0"),
+    (["--weaken", "inf"], "argument --weaken: must be a finite number > 0, got inf"),
+    (["--epochs", "nan"], "argument --epochs: must be a finite number > 0, got nan"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["--method", "conv2"], "must be LAYER=METHOD"),
+    (["--method", "conv2=cp"], "The 'method' parameter of convert must be one of tucker2, tucker1, svd"),
 ])
 def test_bad_options(cli, cifar, args, pattern):
     code, _, err = cli("convert", cifar, *args)
