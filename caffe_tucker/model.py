@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from caffe_tucker.analysis.shapes import ShapeInfo, fit_weights, infer_shapes
+from caffe_tucker.analysis.validate import check_finite
 from caffe_tucker.errors import ShapeError
 from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.io.read import read_net
@@ -108,7 +109,8 @@ def load_model(prototxt, weights=None, *, phase: str = "TEST",
     if strict and shapes.problems:
         raise ShapeError(shapes.problems[0])
     if weights is not None:
-        net = fit_weights(net, shapes)
+        net = fit_weights(net, shapes, required=True)
+        check_finite(net)
     from_train_val = deploy and is_train_val(net)
     if from_train_val:
         net = deploy_from_train_val(net, shapes)

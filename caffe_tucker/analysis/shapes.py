@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from caffe_tucker.analysis.validate import validate_net
 from caffe_tucker.errors import ShapeError, WeightsMismatchError, where
 from caffe_tucker.graph import Layer, Net
 
@@ -122,6 +123,10 @@ def conv_geometry(layer: Layer, in_shape: Shape | None, fail=None) -> ConvGeomet
     pad = _spatial(p.pad, None, p.pad_h, p.pad_w,
                    p.HasField("pad_h") or p.HasField("pad_w"), n, 0, "pad", fail)
     dilation = _spatial(p.dilation, None, 1, 1, False, n, 1, "dilation", fail)
+    if any(s <= 0 for s in stride):
+        fail(f"stride must be positive, got {list(stride)}; hint: Caffe refuses a stride of 0")
+    if any(d <= 0 for d in dilation):
+        fail(f"dilation must be positive, got {list(dilation)}")
     if p.num_output <= 0:
         fail("num_output must be positive")
     if p.group <= 0:
@@ -223,6 +228,8 @@ def _pool(layer, bottoms, ctx):
     if p.global_pooling:
         ph = pw = 0
         sh = sw = 1
+    if sh <= 0 or sw <= 0:
+        ctx.fail(f"stride must be positive, got ({sh}, {sw}); hint: Caffe refuses a stride of 0")
     if ph >= kh or pw >= kw:
         ctx.fail(f"pad ({ph}, {pw}) must be smaller than the kernel ({kh}, {kw})")
     floor_mode = p.round_mode == p.FLOOR
@@ -542,6 +549,7 @@ def infer_shapes(net: Net, input_shapes: Mapping | None = None) -> ShapeInfo:
         When a shape is impossible or cannot be known; the message names the
         file, line and layer.
     """
+    validate_net(net)
     state = {"inputs": dict(input_shapes or {}), "used_default": False}
     blobs: dict[str, Shape | None] = {}
     layers: dict[str, LayerShapes] = {}

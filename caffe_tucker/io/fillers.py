@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import replace
+from math import prod
 
 import numpy as np
 
-from caffe_tucker.io.caffe_pb2 import FillerParameter
+from caffe_tucker.analysis.shapes import infer_shapes
+from caffe_tucker.analysis.validate import check_allocation
 from caffe_tucker.errors import UnsupportedLayerError, check_param, where
 from caffe_tucker.graph import Net
-from caffe_tucker.analysis.shapes import infer_shapes
+from caffe_tucker.io.caffe_pb2 import FillerParameter
 
 __all__ = ["fill", "init_weights"]
 
@@ -131,6 +133,10 @@ def init_weights(net: Net, seed: int = 0, input_shapes=None, phase: str = "TEST"
     check_param("seed", seed, isinstance(seed, int) and seed >= 0, "an int >= 0", "init_weights")
     net = net.for_state(phase)
     shapes = infer_shapes(net, input_shapes)
+    nbytes = 4 * sum(prod(p) for info in shapes.layers.values() for p in info.params
+                     if p is not None)
+    check_allocation(nbytes, f"{net.source}: drawing the weights of this net",
+                     "check num_output and the kernel sizes of the largest layers")
     layers = []
     for layer in net.layers:
         params = shapes.layers[layer.name].params
