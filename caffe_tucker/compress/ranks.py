@@ -47,9 +47,9 @@ __all__ = ["RankChoice", "parse_rank_method", "select_ranks", "check_manual_rank
 class RankChoice:
     """The ranks chosen for one layer and how.
 
-    ``ranks`` is ``(R3, R4)`` for tucker2, ``(R4,)`` for tucker1, ``(R,)`` for
-    svd; ``group_ranks`` has one such tuple per group; ``spectra`` maps each
-    unfolding ("input", "output" or "matrix") to its singular values per group.
+    ``ranks`` has one entry per rank label of the method (``Method.rank_labels``,
+    e.g. ``(R3, R4)``); ``group_ranks`` has one such tuple per group; ``spectra``
+    maps each of the method's unfoldings to its singular values per group.
     """
 
     layer: str
