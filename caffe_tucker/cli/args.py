@@ -90,9 +90,12 @@ def add_compression(p):
     p.add_argument("--preset", help="which layers to compress and how: auto or a zoo model's "
                    "(alexnet, vgg_s, googlenet, vgg16, digits); default: the zoo net this is, else auto")
     p.add_argument("--layers", metavar="L1,L2", help="compress only these layers")
-    p.add_argument("--method", action="append", metavar="LAYER=METHOD",
-                   help="compress LAYER with METHOD whatever the preset says (repeatable; "
-                   "methods: see the README's method table)")
+    p.add_argument("--method", action="append", metavar="[LAYER=]METHOD",
+                   help="compress LAYER with METHOD whatever the preset says (repeatable); a bare "
+                   "METHOD: every planned layer it applies to (methods: tucker2, tucker1, svd, "
+                   "btd, cp; see the README's method table)")
+    p.add_argument("--blocks", type=int_in(1), default=4, metavar="N",
+                   help="block terms per layer for automatic btd ranks (default 4)")
     p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
     p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",
                    help="how ranks are chosen (default vbmf)")
@@ -147,7 +150,8 @@ def convert_options(args, **extra):
     return ConvertOptions(
         preset=args.preset,
         layers=tuple(x for x in args.layers.split(",") if x) if args.layers else None,
-        methods=layer_methods(args.method),
+        methods=layer_methods(args.method), method=bare_method(args.method),
+        blocks=args.blocks,
         ranks=load_ranks_file(args.ranks) if args.ranks else None,
         ranks_source=args.ranks or "ranks file",
         rank_method=args.rank_method, weaken=args.weaken,
@@ -156,15 +160,25 @@ def convert_options(args, **extra):
 
 def layer_methods(values) -> dict | None:
     """``--method conv2=tucker1`` values as ``{"conv2": "tucker1"}`` (None when none given)."""
-    if not values:
-        return None
     out = {}
-    for value in values:
+    for value in values or ():
         layer, sep, method = value.partition("=")
-        check_param("method", value, bool(sep and layer and method),
-                    "LAYER=METHOD, e.g. conv2=tucker1", "convert", exc=CaffeTuckerError)
+        if not sep:
+            continue  # a bare METHOD: bare_method
+        check_param("method", value, bool(layer and method),
+                    "LAYER=METHOD, e.g. conv2=tucker1, or a bare METHOD", "convert",
+                    exc=CaffeTuckerError)
         out[layer] = method
-    return out
+    return out or None
+
+
+def bare_method(values) -> str | None:
+    """The one ``--method METHOD`` without ``LAYER=`` (for every planned layer), or None."""
+    bare = [v for v in values or () if "=" not in v]
+    check_param("method", bare[-1] if bare else None, len(bare) <= 1,
+                "given once without LAYER= (a bare --method applies to every planned layer)",
+                "convert", exc=CaffeTuckerError)
+    return bare[0] if bare else None
 
 
 def caffe_runtime(args) -> CaffeRuntime:

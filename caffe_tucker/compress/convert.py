@@ -17,11 +17,12 @@ from pathlib import Path
 from caffe_tucker.analysis.cost import analyze
 from caffe_tucker.analysis.shapes import ShapeInfo, infer_shapes
 from caffe_tucker.compress.decompose import Decomposition, decompose_layer
-from caffe_tucker.compress.methods import get_method
+from caffe_tucker.compress.methods import DecompositionFailed, get_method
 from caffe_tucker.compress.finetune_files import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES,
                                                   build_solver, build_train_val, solver_text)
 from caffe_tucker.compress.plan import detect_preset, make_plan
-from caffe_tucker.compress.ranks import RankChoice, check_manual_ranks, select_ranks
+from caffe_tucker.compress.ranks import (RankChoice, check_manual_ranks, select_ranks,
+                                         split_ranks_entries)
 from caffe_tucker.compress.record import CompressionRecord, LayerRecord, Totals
 from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
 from caffe_tucker.errors import CaffeTuckerError, InputFileError
@@ -64,6 +65,12 @@ class ConvertOptions:
     val_images: int = IMAGENET_VAL_IMAGES
     epochs: float = 15
     spectra: bool = True               # singular values for the report's plot
+    method: str | None = None          # every planned layer it applies to (a bare --method)
+    blocks: int = 4                    # block terms per layer for automatic btd ranks (--blocks)
+
+    def method_options(self) -> dict:
+        """The options methods read when they choose their ranks (``Method.auto_ranks``)."""
+        return {"blocks": self.blocks}
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +94,7 @@ class ConvertResult:
 
 
 def load_ranks_file(path) -> dict:
-    """Read a ranks.json: ``{"layer": R or [R3, R4], ...}``."""
+    """Read a ranks.json: ``{"layer": R or [R3, R4] or {"method": NAME, "ranks": ...}, ...}``."""
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
@@ -123,24 +130,27 @@ def _prepare(prototxt, weights, options: ConvertOptions):
         options = replace(options, train_val=str(prototxt))
     net, shapes = model.net, model.shapes
     preset = options.preset or detect_preset(net)
-    plan = make_plan(net, shapes, preset, options.layers, options.methods)
+    plan = make_plan(net, shapes, preset, options.layers, options.methods, options.method)
     fixed = None
     if options.ranks is not None:
+        file_methods, values = split_ranks_entries(options.ranks, options.ranks_source)
         methods = {}
-        for name in options.ranks:
+        for name in values:
             if name not in shapes.layers:
                 raise CaffeTuckerError(f"{options.ranks_source}: layer '{name}' is not in the net "
                                        f"{net.source}; hint: check the layer names with 'info'")
             if options.layers is not None and name not in options.layers:
                 continue
+            # --method LAYER=METHOD, then the file's own method, then the plan (bare --method).
+            chosen = (options.methods or {}).get(name) or file_methods.get(name)
             try:
-                only = {name: options.methods[name]} if name in (options.methods or {}) else None
-                methods[name] = plan.get(name) or make_plan(net, shapes, "auto", [name],
-                                                            only)[name]
+                only = {name: chosen} if chosen else None
+                methods[name] = (plan[name] if name in plan and chosen in (None, plan[name]) else
+                                 make_plan(net, shapes, "auto", [name], only, options.method)[name])
             except CaffeTuckerError as exc:
                 raise CaffeTuckerError(f"{options.ranks_source}: {exc}") from None
         fixed = check_manual_ranks(net, shapes, methods,
-                                   {k: v for k, v in options.ranks.items() if k in methods},
+                                   {k: v for k, v in values.items() if k in methods},
                                    options.ranks_source)
         plan = {l.name: methods[l.name] for l in net.layers if l.name in methods}
     for name in plan:
@@ -156,7 +166,8 @@ def choose_ranks(prototxt, weights=None, options: ConvertOptions = ConvertOption
     model, preset, plan, fixed, options = _prepare(prototxt, weights, options)
     with Progress(len(plan), "ranks") as bar:
         choices = select_ranks(model.net, model.shapes, plan, options.rank_method, options.weaken,
-                               fixed, progress=bar if progress else None)
+                               fixed, progress=bar if progress else None,
+                               method_options=options.method_options())
     return model, preset, choices
 
 
@@ -181,7 +192,8 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     t0 = time.perf_counter()
     with Progress(len(plan), "select ranks") as bar:
         choices = select_ranks(net, shapes, plan, options.rank_method, options.weaken, fixed,
-                               progress=bar if progress else None, spectra=options.spectra)
+                               progress=bar if progress else None, spectra=options.spectra,
+                               method_options=options.method_options())
     timings["ranks"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -189,7 +201,11 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     decompositions = {}
     with Progress(len(todo), "decompose") as bar:
         for c in todo:
-            decompositions[c.layer] = decompose_layer(net.layer(c.layer), shapes.layers[c.layer], c)
+            try:
+                decompositions[c.layer] = decompose_layer(net.layer(c.layer),
+                                                          shapes.layers[c.layer], c)
+            except DecompositionFailed as exc:  # e.g. CP-ALS diverged: never emitted
+                choices[c.layer] = replace(c, skipped_reason=str(exc))
             if progress:
                 bar.update(1, c.layer)
     timings["decompose"] = time.perf_counter() - t0

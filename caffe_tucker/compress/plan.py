@@ -53,7 +53,7 @@ def detect_preset(net: Net) -> str:
 
 
 def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
-              methods=None) -> dict[str, str]:
+              methods=None, method: str | None = None) -> dict[str, str]:
     """Map layer name -> method for the layers to compress, in net order.
 
     Parameters
@@ -66,6 +66,9 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
     methods : mapping of str to str, optional
         Layer name -> method name (``--method conv2=tucker1``): these layers are compressed with
         that method, whatever the preset says (and added to the plan if it left them alone).
+    method : str, optional
+        A method for every planned layer it applies to (a bare ``--method btd``); the layers it
+        does not apply to keep the preset's method, and ``methods`` wins over it.
     """
     known = presets()
     check_param("preset", preset, preset in known, f"one of {', '.join(known)}", "convert",
@@ -87,24 +90,28 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
             if name not in shapes.layers:
                 raise CaffeTuckerError(f"{net.source}: --layers names '{name}', which the net does not "
                                        "have")
-            method = plan.get(name) or auto.get(name) or _default_method(net, shapes, name)
-            reason = decomposable(net, shapes, name, method)
+            planned = plan.get(name) or auto.get(name) or _default_method(net, shapes, name)
+            reason = decomposable(net, shapes, name, planned)
             if reason:
                 raise CaffeTuckerError(f"{net.source}: layer '{name}' cannot be compressed: {reason}")
-            chosen[name] = method
+            chosen[name] = planned
         plan = {l.name: chosen[l.name] for l in net.layers if l.name in chosen}
+    if method is not None:
+        get_method(method)
+        plan = {name: method if decomposable(net, shapes, name, method) is None else m
+                for name, m in plan.items()}
     if methods:
-        for name, method in methods.items():
+        for name, named in methods.items():
             if name not in shapes.layers:
                 raise CaffeTuckerError(f"{net.source}: --method names layer '{name}', which the "
                                        "net does not have; hint: check the layer names with 'info'")
-            get_method(method)
+            get_method(named)
         plan = {l.name: methods.get(l.name) or plan[l.name] for l in net.layers
                 if l.name in plan or l.name in methods}
-    for name, method in plan.items():
-        reason = decomposable(net, shapes, name, method)
+    for name, planned in plan.items():
+        reason = decomposable(net, shapes, name, planned)
         if reason:
-            raise CaffeTuckerError(f"{net.source}: layer '{name}' cannot be compressed with {method}: "
+            raise CaffeTuckerError(f"{net.source}: layer '{name}' cannot be compressed with {planned}: "
                                    f"{reason}")
     return plan
 

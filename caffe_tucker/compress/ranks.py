@@ -40,7 +40,8 @@ from caffe_tucker.compress.vbmf import evbmf
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Net
 
-__all__ = ["RankChoice", "parse_rank_method", "select_ranks", "check_manual_ranks", "ranks_json"]
+__all__ = ["RankChoice", "parse_rank_method", "select_ranks", "check_manual_ranks",
+           "split_ranks_entries", "ranks_json"]
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,29 @@ def _rank_of(values: np.ndarray, how: str, arg) -> int:
     return int(math.ceil(arg * len(values)))
 
 
+def split_ranks_entries(ranks: dict, source: str = "ranks file") -> tuple[dict, dict]:
+    """A ranks file's entries as ``(methods, values)``.
+
+    An entry is plain ranks (``R``, ``[R3, R4]``) for the layer's planned
+    method, or ``{"method": NAME, "ranks": R or [...]}``, which also says the
+    method; ``methods`` holds the layers whose entry names one.
+    """
+    methods, values = {}, {}
+    for name, value in ranks.items():
+        if isinstance(value, dict):
+            check_param("ranks", value, set(value) == {"method", "ranks"} and
+                        isinstance(value["method"], str),
+                        f'ranks, or {{"method": NAME, "ranks": ...}} for layer \'{name}\'', source,
+                        exc=CaffeTuckerError)
+            methods[name] = get_method(value["method"], source).name
+            value = value["ranks"]
+        values[name] = value
+    return methods, values
+
+
 def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
                        source: str = "ranks file") -> dict[str, tuple[int, ...]]:
-    """Validate ``--ranks`` values: shape (pair or number) and range [1, full]."""
+    """Validate ``--ranks`` values with each layer's method (``Method.check_ranks``)."""
     out = {}
     for name, value in ranks.items():
         if name not in plan:
@@ -99,26 +120,20 @@ def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
                 raise CaffeTuckerError(f"{source}: layer '{name}' is not in the net "
                                        f"{net.source}; hint: check the layer names with 'info'")
             raise CaffeTuckerError(f"{source}: layer '{name}' cannot be compressed here")
-        method = get_method(plan[name])
-        labels = method.rank_labels
-        values = value if isinstance(value, list) else [value]
-        shape = ("one integer" if len(labels) == 1 else
-                 f"{'a pair' if len(labels) == 2 else 'a list'} [{', '.join(labels)}]")
-        check_param("ranks", value, len(values) == len(labels) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values),
-            f"{shape} for the {method.name} layer '{name}'", source, exc=CaffeTuckerError)
-        full = method.full_ranks(net.layer(name), shapes.layers[name])
-        for v, f, label in zip(values, full, labels if len(labels) > 1 else ("rank",)):
-            check_param(f"{label}", v, 1 <= v <= f, f"an int in [1, {f}] for layer '{name}'", source,
-                        exc=CaffeTuckerError)
-        out[name] = tuple(values)
+        out[name] = get_method(plan[name]).check_ranks(value, net.layer(name), shapes.layers[name],
+                                                       name, source)
     return out
 
 
 def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vbmf",
                  weaken: float = 1.0, fixed: dict | None = None, progress=None,
-                 spectra: bool = True) -> dict[str, RankChoice]:
+                 spectra: bool = True, method_options: dict | None = None) -> dict[str, RankChoice]:
     """Choose ranks for every layer of ``plan`` (``fixed`` ranks win).
+
+    A rank is chosen on each of the method's unfoldings, per group; the
+    method turns those into its own ranks (``Method.auto_ranks``, given
+    ``method_options`` such as ``{"blocks": 4}``), for each group and for the
+    layer (from the largest of the groups' unfolding ranks).
 
     The singular values of every unfolding are computed for the report and
     its plot; with ``spectra=False`` they are skipped for layers whose ranks
@@ -150,12 +165,14 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
                               _rank_of(values, how, arg))
             per_group.append(tuple(chosen))
         full = method.full_ranks(layer, info)
+        options = method_options or {}
         if name in fixed:
             ranks, source = fixed[name], "file"
         else:
-            ranks = tuple(max(r[i] for r in per_group) for i in range(len(per_group[0])))
-            ranks = tuple(min(r, f) for r, f in zip(ranks, full))
+            found_ranks = tuple(max(r[i] for r in per_group) for i in range(len(per_group[0])))
+            ranks = method.auto_ranks(found_ranks, layer, info, options)
             source = rank_method
+        per_group = [method.auto_ranks(r, layer, info, options) for r in per_group]
         reason = None
         if min(ranks) == 0:
             reason = ("VBMF found no component above the estimated noise (rank 0); the layer is "
@@ -180,5 +197,5 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
 
 def ranks_json(choices: dict[str, RankChoice]) -> dict:
     """What ``ranks.json`` holds for these choices: the ranks of every layer to be compressed."""
-    return {name: get_method(c.method).rank_value(c.ranks) for name, c in choices.items()
+    return {name: get_method(c.method).ranks_file_value(c.ranks) for name, c in choices.items()
             if c.skipped_reason is None}

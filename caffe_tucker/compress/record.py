@@ -153,7 +153,7 @@ class CompressionRecord:
 
     def ranks_json(self) -> dict:
         """What ``ranks.json`` holds: the ranks of every compressed layer."""
-        return {l.name: get_method(l.method).rank_value(l.ranks) for l in self.compressed}
+        return {l.name: get_method(l.method).ranks_file_value(l.ranks) for l in self.compressed}
 
     def to_json(self, out_dir=None) -> dict:
         """The ``report.json`` object; source paths relative to ``out_dir`` when given."""

@@ -1,8 +1,9 @@
 """The one place where TensorLy is called (pinned: tensorly 0.10.0).
 
 :func:`partial_tucker` runs TensorLy's HOOI on some modes of a tensor and
-returns ``(core, factors)`` in float64.  Every decomposition method of the
-tool goes through it, so a TensorLy upgrade (its ``partial_tucker`` changed
+returns ``(core, factors)`` in float64; :func:`parafac` runs its CP-ALS and
+returns ``(weights, factors, errors)``.  Every decomposition method of the
+tool goes through them, so a TensorLy upgrade (its ``partial_tucker`` changed
 its return value between releases) touches this module alone.
 
 Two things are done differently from TensorLy's defaults, both for speed and
@@ -26,18 +27,24 @@ References
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import scipy.linalg
 import tensorly as tl
 import tensorly.tenalg.svd
+from tensorly.decomposition import parafac as _tensorly_parafac
 from tensorly.decomposition import partial_tucker as _tensorly_partial_tucker
 
-__all__ = ["partial_tucker", "leading_svd", "HOOI_MAX_ITER", "HOOI_TOL"]
+__all__ = ["partial_tucker", "parafac", "leading_svd", "HOOI_MAX_ITER", "HOOI_TOL",
+           "CP_MAX_ITER", "CP_TOL"]
 
 #: HOOI stops after this many sweeps, or when the relative error changes by less than HOOI_TOL.
 HOOI_MAX_ITER = 5
 HOOI_TOL = 1e-4
+#: CP-ALS stops after this many sweeps, or when the relative error changes by less than CP_TOL.
+CP_MAX_ITER = 500
+CP_TOL = 1e-6
 #: Wide matrices with more rows than this use the Gram-matrix eigensolver.
 _DIRECT_SVD_MAX = 32
 
@@ -99,3 +106,31 @@ def partial_tucker(tensor: np.ndarray, ranks, modes):
             tensor.astype(np.float64, copy=False), rank=list(ranks), modes=list(modes),
             n_iter_max=sweeps, tol=HOOI_TOL, init="svd", svd=leading_svd, random_state=0)
     return np.asarray(core), [np.asarray(f) for f in factors]
+
+
+def parafac(tensor: np.ndarray, rank: int, n_iter_max: int = CP_MAX_ITER, tol: float = CP_TOL):
+    """TensorLy's CP-ALS at ``rank``; returns ``(weights, factors, errors)`` (float64).
+
+    ``tensor ≈ Σ_r weights[r] · factors[0][:, r] ⊗ factors[1][:, r] ⊗ ...`` with unit-norm
+    factor columns; ``errors`` is TensorLy's relative error after each sweep.  Started from
+    the SVDs of the unfoldings (TensorLy's ``init="svd"``; where a mode is smaller than the
+    rank, the missing columns are drawn with ``random_state=0``), so the same tensor gives
+    the same factors.  Nothing here judges the result: ALS can diverge or stall, and the
+    caller checks (NaN, error, degenerate components).
+    """
+    tl.set_backend("numpy")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # "n_eigenvecs larger than min(matrix.shape)": the rank exceeds a mode (3×3 kernels);
+        # TensorLy then completes that mode's start at random (random_state=0), as documented.
+        warnings.simplefilter("ignore", UserWarning)
+        cp, errors = _tensorly_parafac(
+            tensor.astype(np.float64, copy=False), rank=int(rank), n_iter_max=n_iter_max,
+            init="svd", tol=tol, random_state=0, normalize_factors=True, return_errors=True)
+        weights, factors = cp
+        factors = [np.asarray(f, dtype=np.float64) for f in factors]
+        weights = np.asarray(weights, dtype=np.float64).copy()
+        for i, f in enumerate(factors):  # unit columns, whatever the last sweep left
+            norms = np.linalg.norm(f, axis=0)
+            factors[i] = f / np.where(norms > 0, norms, 1.0)
+            weights *= norms
+    return weights, factors, [float(e) for e in errors]

@@ -35,16 +35,16 @@ def convert_markdown(record: CompressionRecord) -> str:
         if not r.compressed:
             lines.append(f"| {r.name}* | | | untouched: {r.skipped_reason} | | |")
             continue
-        grouped = (lambda v: f"{v}×{g}" if g > 1 else str(v))
-        # The last rank is the output side (T column); a second one the input side (S column).
-        labels = get_method(r.method).rank_labels
-        s_r = grouped(r.ranks[0]) if len(labels) > 1 else ""
-        t_r = grouped(r.ranks[-1])
+        grouped = (lambda v: "" if v is None else f"{v}×{g}" if g > 1 else str(v))
+        # The method says which rank is the input side (S column) and the output side (T column).
+        method = get_method(r.method)
+        s_side, t_side = method.side_ranks(r.ranks)
+        s_r, t_r = grouped(s_side), grouped(t_side)
         w = (f"{human(r.weights_after)} (={'+'.join(human(v) for v in r.weights_parts)}) "
              f"({_ratio(r.weights_before, r.weights_after)})")
         f = (f"{human(r.flops_after)} (={'+'.join(human(v) for v in r.flops_parts)}) "
              f"({_ratio(r.flops_before, r.flops_after)})")
-        lines.append(f"| {r.name}* ({r.method}) | {s_r} | {t_r} | {w} | {f} | "
+        lines.append(f"| {r.name}* ({method.label(r.ranks)}) | {s_r} | {t_r} | {w} | {f} | "
                      f"{r.rel_error:.4f} |")
     t = record.total
     lines += ["", "Whole net (every layer; FLOPs are kernel multiply-adds, bias additions in brackets):",

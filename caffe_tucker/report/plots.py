@@ -42,7 +42,9 @@ def ranks_png(choices: dict) -> bytes:
     rows = max(1, math.ceil(len(items) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, c in zip(axes.flat, items):
-        labels = get_method(c.method).unfolding_labels
+        method = get_method(c.method)
+        labels = method.unfolding_labels
+        marked = method.unfolding_ranks(c.ranks)
         modes = list(c.spectra)
         colors = {mode: _COLORS[i % len(_COLORS)] for i, mode in enumerate(labels)}
         for i, mode in enumerate(modes):
@@ -52,7 +54,7 @@ def ranks_png(choices: dict) -> bytes:
                 ax.semilogy(range(1, len(values) + 1), values / values[0], color=colors[mode],
                             lw=1, alpha=0.9 if g == 0 else 0.5,
                             label=labels.get(mode, mode) if g == 0 else None)
-            rank = c.ranks[i] if i < len(c.ranks) else None
+            rank = marked[i] if i < len(marked) else None
             if rank:
                 ax.axvline(rank, color=colors[mode], ls="--", lw=1)
         status = "untouched" if c.skipped_reason else f"ranks {list(c.ranks)}"

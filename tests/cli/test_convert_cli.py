@@ -148,8 +148,11 @@ def test_v1_lenet_converts(cli, tmp_path, shared_models):
     (["--weaken", "inf"], "argument --weaken: must be a finite number > 0, got inf"),
     (["--epochs", "nan"], "argument --epochs: must be a finite number > 0, got nan"),
     (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
-    (["--method", "conv2"], "must be LAYER=METHOD"),
-    (["--method", "conv2=cp"], "The 'method' parameter of convert must be one of tucker2, tucker1, svd"),
+    (["--method", "=btd"], "must be LAYER=METHOD"),
+    (["--method", "conv2"], "The 'method' parameter of convert must be one of tucker2, tucker1, "
+     "svd, btd, cp. Got 'conv2'"),
+    (["--method", "conv2=tt"], "The 'method' parameter of convert must be one of tucker2, tucker1, svd"),
+    (["--blocks", "0"], "argument --blocks: must be an integer >= 1, got 0"),
 ])
 def test_bad_options(cli, cifar, args, pattern):
     code, _, err = cli("convert", cifar, *args)

@@ -71,11 +71,12 @@ def toy():
     unregister(method.name)
 
 
-def test_the_three_methods_are_registered():
-    assert set(method_names()) >= {"tucker2", "tucker1", "svd"}
+def test_the_methods_are_registered():
+    assert set(method_names()) >= {"tucker2", "tucker1", "svd", "btd", "cp"}
     assert get_method("tucker2").rank_labels == ("R3", "R4")
+    assert get_method("btd").rank_labels == ("S'", "T'", "N")
     with pytest.raises(CaffeTuckerError, match="The 'method' parameter of convert must be one of"):
-        get_method("cp")
+        get_method("tt")
 
 
 @pytest.mark.parametrize("name", ["tucker2", "tucker1"])

@@ -9,16 +9,18 @@ outside the method modules compares method names: the rest of the tool looks a m
 tucker2   1×1 → D×D → 1×1 convolutions (Kim et al. 2016, eq. 2)
 tucker1   D×D → 1×1 convolutions, the output mode only
 svd       two InnerProduct layers, truncated SVD
+btd       1×1 → D×D in N groups → 1×1: N Tucker-2 blocks (Wang & Cheng 2016)
+cp        1×1 → D×1 → 1×D depthwise → 1×1: rank-R CP (Lebedev et al. 2015)
 ========  ==================================================================
 """
 
 from __future__ import annotations
 
-from caffe_tucker.compress.methods import svd, tucker1, tucker2
-from caffe_tucker.compress.methods.base import Method
+from caffe_tucker.compress.methods import btd, cp, svd, tucker1, tucker2
+from caffe_tucker.compress.methods.base import DecompositionFailed, Method
 from caffe_tucker.errors import CaffeTuckerError, check_param
 
-__all__ = ["Method", "register", "unregister", "get_method", "method_names"]
+__all__ = ["Method", "DecompositionFailed", "register", "unregister", "get_method", "method_names"]
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -50,5 +52,5 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-for _module in (tucker2, tucker1, svd):
+for _module in (tucker2, tucker1, svd, btd, cp):
     register(_module.METHOD)

@@ -15,7 +15,18 @@ A method (Tucker-2, Tucker-1, SVD, ...) is one object, a subclass of
   factors (:meth:`Method.factors_from_blobs`), which ``verify`` uses;
 * the weights and FLOPs of the new layers (:meth:`Method.cost`), counted by
   :func:`caffe_tucker.analysis.cost.layer_cost` on the new layers themselves,
-  so there is one cost formula in the whole tool.
+  so there is one cost formula in the whole tool;
+* hooks with defaults that fit methods whose ranks are the ranks of their
+  unfoldings (Tucker-2, Tucker-1, SVD) and that other methods override: the
+  method's ranks from the ranks chosen on the unfoldings and the method
+  options (:meth:`Method.auto_ranks`), the check of ranks a user fixed
+  (:meth:`Method.check_ranks`), their ``ranks.json`` form
+  (:meth:`Method.ranks_file_value`), and how reports show them
+  (:meth:`Method.side_ranks`, :meth:`Method.label`, :meth:`Method.unfolding_ranks`).
+
+A factorization that must not be emitted (CP-ALS that diverged, say) raises
+:class:`DecompositionFailed`; ``convert`` then leaves the layer untouched with
+the exception's message as the reason.
 
 Methods are registered by name in :mod:`caffe_tucker.compress.methods`;
 nothing outside the method modules compares method names.
@@ -31,10 +42,19 @@ import numpy as np
 
 from caffe_tucker.analysis.cost import layer_cost
 from caffe_tucker.analysis.shapes import ConvGeometry, LayerShapes, infer_shapes
+from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.io.caffe_pb2 import LayerParameter, ParamSpec
 
-__all__ = ["Method", "conv_param", "geometry_of", "new_layer_names"]
+__all__ = ["Method", "DecompositionFailed", "conv_param", "geometry_of", "new_layer_names"]
+
+
+class DecompositionFailed(Exception):
+    """A factorization that must not be emitted; the message says why (one line).
+
+    Raised by :meth:`Method.factorize`; ``convert`` leaves the layer untouched
+    and records the message as the reason.
+    """
 
 Factors = tuple  # of np.ndarray, one group's factors in the method's order
 
@@ -142,6 +162,59 @@ class Method(ABC):
     @abstractmethod
     def full_ranks(self, layer: Layer, info: LayerShapes) -> tuple[int, ...]:
         """The largest meaningful ranks of one group."""
+
+    def auto_ranks(self, found: Sequence[int], layer: Layer, info: LayerShapes,
+                   options: dict) -> tuple[int, ...]:
+        """The method's ranks from the ranks chosen on its unfoldings (one each, in order).
+
+        ``options`` holds the method options of ``convert`` (e.g. ``{"blocks": 4}``).
+        A 0 among ``found`` (no component above the noise) must give a 0 rank,
+        so that the layer is left untouched.  By default the ranks are the
+        unfoldings' ranks, at most full.
+        """
+        return tuple(min(int(r), f) for r, f in zip(found, self.full_ranks(layer, info)))
+
+    def check_ranks(self, value, layer: Layer, info: LayerShapes, name: str,
+                    source: str) -> tuple[int, ...]:
+        """Validate ranks a user fixed for layer ``name`` (an int, or a list of ints).
+
+        Returns them as a tuple; a one-line :class:`CaffeTuckerError` naming
+        ``source`` otherwise.  By default each rank must lie in [1, full].
+        """
+        labels = self.rank_labels
+        values = value if isinstance(value, list) else [value]
+        shape = ("one integer" if len(labels) == 1 else
+                 f"{'a pair' if len(labels) == 2 else 'a list'} [{', '.join(labels)}]")
+        check_param("ranks", value, len(values) == len(labels) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values),
+            f"{shape} for the {self.name} layer '{name}'", source, exc=CaffeTuckerError)
+        full = self.full_ranks(layer, info)
+        for v, f, label in zip(values, full, labels if len(labels) > 1 else ("rank",)):
+            check_param(f"{label}", v, 1 <= v <= f, f"an int in [1, {f}] for layer '{name}'",
+                        source, exc=CaffeTuckerError)
+        return tuple(values)
+
+    def ranks_file_value(self, ranks: Sequence[int]):
+        """A layer's entry in ``ranks.json``; by default the plain :meth:`rank_value`.
+
+        Methods that a preset never assigns by itself write
+        ``{"method": name, "ranks": [...]}``, so that the file says how to
+        compress the layer when it is read back.
+        """
+        return self.rank_value(ranks)
+
+    def side_ranks(self, ranks: Sequence[int]) -> tuple[int | None, int]:
+        """The rank on the input side (None if the input is not reduced) and on the output side,
+        for report.md's S/R3 and T/R4 columns."""
+        return (int(ranks[0]) if len(self.rank_labels) > 1 else None, int(ranks[-1]))
+
+    def label(self, ranks: Sequence[int]) -> str:
+        """How report.md names the method of a compressed row (the method's name by default)."""
+        return self.name
+
+    def unfolding_ranks(self, ranks: Sequence[int]) -> tuple[int, ...]:
+        """The rank to mark on each unfolding's spectrum (ranks.png), in unfolding order."""
+        return tuple(ranks)
 
     # -- factorization ---------------------------------------------------------------------------
     @abstractmethod
