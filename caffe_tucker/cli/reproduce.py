@@ -15,6 +15,9 @@ def add_parser(subparsers):
     p.add_argument("model", help="alexnet, vgg_s, googlenet or vgg16")
     add_weights(p, "the zoo weights (default: fetch them)")
     p.add_argument("--paper-ranks", action="store_true", help="use the paper's ranks instead of VBMF")
+    p.add_argument("--method", metavar="METHOD",
+                   help="compress the preset's layers with METHOD and compare with that method's "
+                   "paper (vgg16: btd, Wang & Cheng 2016); default: Kim et al.'s methods")
     add_output(p, "DIR", "output directory (default: MODEL_tucker/)")
     add_force(p, "write into an existing non-empty directory")
     p.add_argument("--bench", action="store_true", help="also time both nets in Caffe (CPU)")
@@ -30,7 +33,7 @@ def run(args) -> int:
     from caffe_tucker.compress.reproduce import reproduce
 
     result, cmp, out = reproduce(args.model, weights=args.weights, paper_ranks_only=args.paper_ranks,
-                                 out_dir=args.output, force=args.force)
+                                 out_dir=args.output, force=args.force, method=args.method)
     if args.bench:
         with caffe_runtime(args) as rt:
             cmp["bench"] = {str(b): r for b, r in bench(
@@ -38,15 +41,25 @@ def run(args) -> int:
     if args.format == "json":
         sys.stdout.write(dumps_json(cmp))
         return 0
-    print(f"{args.model}: preset {result.preset}, ranks {'from the paper' if args.paper_ranks else 'by VBMF'}; "
-          f"outputs in {out}/  (* = compressed)")
+    method = f", method {args.method}" if args.method else ""
+    print(f"{args.model}: preset {result.preset}{method}, ranks "
+          f"{'from the paper' if args.paper_ranks else 'by VBMF'}; outputs in {out}/  (* = compressed)")
     sys.stdout.write(render(reproduce_columns(), cmp["layers"], args.format))
     t = cmp["total"]
-    print(f"Table 1: weights {human(t['weights_before'])} (paper {t['paper_weights_before']}) -> "
-          f"{human(t['weights_after'])} (paper {t['paper_weights_after']}), x{t['weights_ratio']:.2f} "
-          f"(paper x{t['paper_weights_ratio']}); FLOPs incl. bias adds {human(t['flops_before'])} "
-          f"(paper {t['paper_flops_before']}) -> {human(t['flops_after'])} (paper {t['paper_flops_after']}), "
-          f"x{t['flops_ratio']:.2f} (paper x{t['paper_flops_ratio']})")
+    if "paper_conv_flops_ratio" in t:  # another paper's totals: convolutions and whole-net ratio
+        print(f"convolution multiply-adds {human(t['conv_flops_before'])} (paper "
+              f"{t['paper_conv_flops_before']}) -> {human(t['conv_flops_after'])} (paper "
+              f"{t['paper_conv_flops_after']}), x{t['conv_flops_ratio']:.1f} (paper "
+              f"x{t['paper_conv_flops_ratio']}); whole net x{t['flops_ratio']:.1f} (paper "
+              f"x{t['paper_flops_ratio']}); weights {human(t['weights_before'])} -> "
+              f"{human(t['weights_after'])} (x{t['weights_ratio']:.2f})")
+    else:
+        print(f"Table 1: weights {human(t['weights_before'])} (paper {t['paper_weights_before']}) "
+              f"-> {human(t['weights_after'])} (paper {t['paper_weights_after']}), "
+              f"x{t['weights_ratio']:.2f} (paper x{t['paper_weights_ratio']}); FLOPs incl. bias "
+              f"adds {human(t['flops_before'])} (paper {t['paper_flops_before']}) -> "
+              f"{human(t['flops_after'])} (paper {t['paper_flops_after']}), "
+              f"x{t['flops_ratio']:.2f} (paper x{t['paper_flops_ratio']})")
     if "bench" in cmp:
         b = cmp["bench"]["1"]["total"]
         print(f"Caffe CPU, batch 1: {b['original_ms']:.1f} ms -> {b['compressed_ms']:.1f} ms "

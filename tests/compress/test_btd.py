@@ -13,11 +13,13 @@ from caffe_tucker.compress.decompose import decompose_layer
 from caffe_tucker.compress.methods import get_method
 from caffe_tucker.compress.methods.btd import block_term
 from caffe_tucker.compress.ranks import RankChoice
-from caffe_tucker.compress.record import record_from_nets
+from caffe_tucker.compress.record import CompressionRecord, LayerRecord, Totals, record_from_nets
+from caffe_tucker.compress.reproduce import agrees, compare_with_paper, paper_of, paper_ranks
 from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
 from caffe_tucker.compress.tensorly_wrapper import partial_tucker
 from caffe_tucker.errors import CaffeTuckerError
 from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.zoo import zoo_model
 from conftest import ZOO, write
 from fake_runtime import FakeRuntime
 from reference import conv2d, run_layers
@@ -256,3 +258,42 @@ def test_four_file_record_tells_btd_from_tucker2(digits, tmp_path):
     mine = result.record.layer("conv2")
     assert told.layer("conv2").rel_error == pytest.approx(mine.rel_error, rel=1e-4)
     assert told.layer("conv2").flops_after == mine.flops_after
+
+
+def test_reproduce_compares_btd_with_its_paper_from_shapes(cli):
+    """`reproduce vgg16 --method btd --paper-ranks`'s comparison, on a record built from the
+    shapes alone (the real run needs the 553 MB weights, or random ones from `init`)."""
+    meta = zoo_model("vgg16")
+    ranks = paper_ranks(meta, "btd")
+    assert ranks["conv2_2"] == {"method": "btd", "ranks": [28, 28, 2]} and "conv1_1" not in ranks
+    net = read_prototxt(meta["deploy_path"])
+    shapes = infer_shapes(net)
+    before = analyze(net, shapes)
+    rows, saved = [], 0
+    for name, entry in ranks.items():
+        layer, info, b = net.layer(name), shapes.layers[name], before.row(name)
+        w, f = BTD.cost(layer, info, entry["ranks"])
+        saved += b.flops - sum(f)
+        rows.append(LayerRecord(
+            name=name, method="btd", ranks=tuple(entry["ranks"]), group_ranks=(),
+            full_ranks=BTD.full_ranks(layer, info), rank_source="file", in_channels=b.in_channels,
+            out_channels=b.out_channels, kernel=b.kernel, group=b.group, weights_before=b.weights,
+            flops_before=b.flops, weights_after=sum(w), flops_after=sum(f), weights_parts=w,
+            flops_parts=f, new_layers=tuple(BTD.new_layer_names(name))))
+    t = before.total_flops
+    total = Totals(weights_before=before.total_weights, weights_after=before.total_weights,
+                   flops_before=t, flops_after=t - saved, bias_flops_before=0, bias_flops_after=0)
+    record = CompressionRecord(model="VGG16", preset="vgg16", rank_method="fixed", weaken=1.0,
+                               layers=tuple(rows), total=total)
+    conv = sum(r.flops for r in before.layers if r.type == "Convolution")
+    cmp = compare_with_paper(meta, record, "btd", (conv, conv - saved))
+    assert all(r["ranks_match"] for r in cmp["layers"]) and len(cmp["layers"]) == 12
+    assert cmp["layers"][0]["paper_weights_after"] == ""      # not printed by the paper
+    tot = cmp["total"]
+    assert round(tot["conv_flops_ratio"], 1) == tot["paper_conv_flops_ratio"] == 12.0
+    assert round(tot["flops_ratio"], 1) == tot["paper_flops_ratio"] == 11.0
+    assert tot["paper_conv_flops_after"] == "1.28G" and agrees(tot["conv_flops_after"], "1.28G")
+    with pytest.raises(CaffeTuckerError, match="no paper figures for method 'cp'.*btd"):
+        paper_of(meta, "cp")
+    code, _, err = cli("reproduce", "vgg16", "--method", "cp", "--weights", "none.caffemodel")
+    assert code == 1 and "no paper figures for method 'cp'" in err
