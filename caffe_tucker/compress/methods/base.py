@@ -46,7 +46,8 @@ from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.io.caffe_pb2 import LayerParameter, ParamSpec
 
-__all__ = ["Method", "DecompositionFailed", "conv_param", "geometry_of", "new_layer_names"]
+__all__ = ["Method", "ConvolutionMethod", "DecompositionFailed", "conv_param", "geometry_of",
+           "new_layer_names"]
 
 
 class DecompositionFailed(Exception):
@@ -324,6 +325,28 @@ class Method(ABC):
 
     def __repr__(self):
         return f"<method {self.name}>"
+
+
+class ConvolutionMethod(Method, ABC):
+    """A method for 2-D convolutions alone: their kernels, one per group."""
+
+    applies_to_types = ("Convolution",)
+    #: What to use on a fully connected layer instead (named in :meth:`why_not`'s message).
+    fc_hint = "svd"
+
+    def why_not(self, layer, info):
+        if layer.type == "Convolution":
+            return spatial_2d_reason(layer, info)
+        if layer.type == "InnerProduct":
+            return (f"{self.name} applies to convolutions; use {self.fc_hint} for a fully "
+                    "connected layer")
+        return f"a {layer.type} layer has no kernel to decompose (only Convolution and InnerProduct)"
+
+    def kernel_shape(self, layer, info):
+        return conv_kernel_shape(info)
+
+    def kernel_groups(self, layer, info):
+        return conv_kernel_groups(layer, info)
 
 
 def conv_kernel_groups(layer: Layer, info: LayerShapes) -> list[np.ndarray]:

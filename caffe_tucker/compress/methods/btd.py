@@ -57,8 +57,8 @@ import math
 
 import numpy as np
 
-from caffe_tucker.compress.methods.base import (Method, conv_kernel_groups, conv_kernel_shape,
-                                                conv_param, one_by_one, spatial_2d_reason)
+from caffe_tucker.compress.methods.base import ConvolutionMethod, conv_param, one_by_one
+from caffe_tucker.compress.methods.tucker2 import METHOD as TUCKER2
 from caffe_tucker.compress.tensorly_wrapper import partial_tucker
 from caffe_tucker.errors import CaffeTuckerError, check_param
 
@@ -117,34 +117,20 @@ def block_term(kernel: np.ndarray, r3: int, r4: int, blocks: int, tol: float = B
     return (u, core, v), errors
 
 
-class BlockTerm(Method):
+class BlockTerm(ConvolutionMethod):
     name = "btd"
     rank_labels = ("S'", "T'", "N")
     unfolding_labels = {"input": "mode-3 (S) unfolding → S'", "output": "mode-4 (T) unfolding → T'"}
     summary = "1×1 (S→S') → D×D (S'→T', N groups) → 1×1 (T'→T) convolutions"
     new_types = ("Convolution",) * 3
-    applies_to_types = ("Convolution",)
+    fc_hint = "svd (or tucker2)"
 
     def __init__(self, tol: float = BTD_TOL, max_sweeps: int = BTD_MAX_SWEEPS):
         self.tol = tol
         self.max_sweeps = max_sweeps
 
-    def why_not(self, layer, info):
-        if layer.type == "Convolution":
-            return spatial_2d_reason(layer, info)
-        if layer.type == "InnerProduct":
-            return "btd applies to convolutions; use svd (or tucker2) for a fully connected layer"
-        return f"a {layer.type} layer has no kernel to decompose (only Convolution and InnerProduct)"
-
-    def kernel_shape(self, layer, info):
-        return conv_kernel_shape(info)
-
-    def kernel_groups(self, layer, info):
-        return conv_kernel_groups(layer, info)
-
     def unfoldings(self, kernel):
-        return {"input": kernel.transpose(1, 0, 2, 3).reshape(kernel.shape[1], -1),
-                "output": kernel.reshape(kernel.shape[0], -1)}
+        return TUCKER2.unfoldings(kernel)
 
     def full_ranks(self, layer, info):
         """``(S, T, min(S, T))`` of one group: S' ≤ S, T' ≤ T, and N ≤ both."""

@@ -65,9 +65,8 @@ from math import prod
 
 import numpy as np
 
-from caffe_tucker.compress.methods.base import (DecompositionFailed, Method, conv_kernel_groups,
-                                                conv_kernel_shape, conv_param, one_by_one,
-                                                spatial_2d_reason)
+from caffe_tucker.compress.methods.base import (ConvolutionMethod, DecompositionFailed,
+                                                conv_param, one_by_one)
 from caffe_tucker.compress.methods.tucker2 import METHOD as TUCKER2
 from caffe_tucker.compress.tensorly_wrapper import CP_MAX_ITER, CP_TOL, parafac
 
@@ -112,31 +111,17 @@ def cp_fit(kernel: np.ndarray, rank: int, n_iter_max: int = CP_MAX_ITER, tol: fl
     return (a * (np.sign(weights) * share), b * share, y * share, x * share), rel
 
 
-class CP(Method):
+class CP(ConvolutionMethod):
     name = "cp"
     rank_labels = ("R",)
     unfolding_labels = {"input": "mode-3 (S) unfolding → R3 (for R)",
                         "output": "mode-4 (T) unfolding → R4 (for R)"}
     summary = "1×1 (S→R) → D×1 → 1×D (depthwise) → 1×1 (R→T) convolutions"
     new_types = ("Convolution",) * 4
-    applies_to_types = ("Convolution",)
 
     def __init__(self, n_iter_max: int = CP_MAX_ITER, tol: float = CP_TOL):
         self.n_iter_max = n_iter_max
         self.tol = tol
-
-    def why_not(self, layer, info):
-        if layer.type == "Convolution":
-            return spatial_2d_reason(layer, info)
-        if layer.type == "InnerProduct":
-            return "cp applies to convolutions; use svd for a fully connected layer"
-        return f"a {layer.type} layer has no kernel to decompose (only Convolution and InnerProduct)"
-
-    def kernel_shape(self, layer, info):
-        return conv_kernel_shape(info)
-
-    def kernel_groups(self, layer, info):
-        return conv_kernel_groups(layer, info)
 
     def unfoldings(self, kernel):
         return TUCKER2.unfoldings(kernel)

@@ -18,33 +18,18 @@ from math import prod
 
 import numpy as np
 
-from caffe_tucker.compress.methods.base import (Method, conv_kernel_groups, conv_kernel_shape,
-                                                conv_param, one_by_one, spatial_2d_reason)
+from caffe_tucker.compress.methods.base import ConvolutionMethod, conv_param, one_by_one
 from caffe_tucker.compress.tensorly_wrapper import partial_tucker
 
 __all__ = ["Tucker1", "METHOD"]
 
 
-class Tucker1(Method):
+class Tucker1(ConvolutionMethod):
     name = "tucker1"
     rank_labels = ("R4",)
     unfolding_labels = {"output": "mode-4 (T) unfolding → R4"}
     summary = "D×D (S→R4) → 1×1 (R4→T) convolutions"
     new_types = ("Convolution",) * 2
-    applies_to_types = ("Convolution",)
-
-    def why_not(self, layer, info):
-        if layer.type == "Convolution":
-            return spatial_2d_reason(layer, info)
-        if layer.type == "InnerProduct":
-            return "tucker1 applies to convolutions; use svd for a fully connected layer"
-        return f"a {layer.type} layer has no kernel to decompose (only Convolution and InnerProduct)"
-
-    def kernel_shape(self, layer, info):
-        return conv_kernel_shape(info)
-
-    def kernel_groups(self, layer, info):
-        return conv_kernel_groups(layer, info)
 
     def unfoldings(self, kernel):
         return {"output": kernel.reshape(kernel.shape[0], -1)}
