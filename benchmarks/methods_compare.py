@@ -3,6 +3,7 @@
     OPENBLAS_NUM_THREADS=1 CAFFE_TUCKER_PYTHON="chroot /opt/caffe-root python3" \\
         python benchmarks/methods_compare.py [--budgets 2,4,8,16] [--budget 4] [--accuracy-budgets 4,16]
                                          [--batch 8] [--png FILE] [--json FILE] [--no-caffe]
+                                         [--models digits,cifar10_quick,resnet20]
 
 For each model (the bundled digits net, cifar10_quick and ResNet-20 from tests/data) and each
 budget B, every compared layer gets, per method, the ranks whose multiply-adds are closest to
@@ -335,11 +336,14 @@ def main() -> int:
     parser.add_argument("--png", default="methods_compare.png")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-caffe", action="store_true")
+    parser.add_argument("--models", default=",".join(MODELS), help="a subset of " + ", ".join(MODELS))
     args = parser.parse_args()
     accuracy_budgets = [int(b) for b in args.accuracy_budgets.split(",")]
     budgets = sorted({int(b) for b in args.budgets.split(",")} | {args.budget}
                      | set(accuracy_budgets))
     os.environ["CAFFE_TUCKER_PROGRESS"] = "0"
+    for name in set(MODELS) - set(args.models.split(",")):
+        del MODELS[name]
     out_root = Path(tempfile.mkdtemp(prefix="methods_compare_"))
     try:
         figures = compare_errors(budgets, out_root)
@@ -348,7 +352,7 @@ def main() -> int:
         if not args.no_caffe and runtime_available() is None:
             argv = shlex.split(os.environ.get("CAFFE_TUCKER_PYTHON", ""))
             with CaffeRuntime(None, timeout=600) as rt:
-                if len(argv) >= 3 and os.path.basename(argv[0]) == "chroot":
+                if len(argv) >= 3 and os.path.basename(argv[0]) == "chroot" and "digits" in MODELS:
                     accuracy = finetune_digits(rt, figures, accuracy_budgets, Path(argv[1]))
                 timing = time_methods(rt, figures, args.budget, args.batch, args.iterations,
                                       args.repeats)
