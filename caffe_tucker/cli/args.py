@@ -16,6 +16,7 @@ import math
 from caffe_tucker.analysis.shapes import parse_input_shapes
 from caffe_tucker.caffe.pycaffe import CaffeRuntime
 from caffe_tucker.errors import CaffeTuckerError, check_param
+from caffe_tucker.io.read import read_ranks_file
 from caffe_tucker.report.tables import FORMATS
 
 
@@ -73,8 +74,10 @@ def add_input_shape(p, help=None):
 
 
 def add_net_input(p):
-    """The net to read as it is: prototxt, ``--weights``, ``--input-shape``, ``--phase``."""
-    add_prototxt(p, "net definition (deploy or train_val; current, V1 or legacy input format)")
+    """The net to read as it is: prototxt (``-``: standard input), ``--weights``,
+    ``--input-shape``, ``--phase``."""
+    add_prototxt(p, "net definition (deploy or train_val; current, V1 or legacy input format; "
+                 "- reads it from standard input)")
     add_weights(p, "trained weights (.caffemodel, current or V1 format)")
     add_input_shape(p, "shape of a data input the net does not declare (repeatable)")
     p.add_argument("--phase", default="TEST", choices=["TRAIN", "TEST"],
@@ -142,13 +145,13 @@ def convert_options(args, **extra):
     flags; ``extra`` sets the other fields."""
     # compress.convert imports tensorly and scipy (about 0.4 s): imported on use so that
     # --help and the subcommands that do not compress stay quick.
-    from caffe_tucker.compress.convert import ConvertOptions, load_ranks_file
+    from caffe_tucker.compress.convert import ConvertOptions
 
     return ConvertOptions(
         preset=args.preset,
         layers=tuple(x for x in args.layers.split(",") if x) if args.layers else None,
         methods=layer_methods(args.method),
-        ranks=load_ranks_file(args.ranks) if args.ranks else None,
+        ranks=read_ranks_file(args.ranks) if args.ranks else None,
         ranks_source=args.ranks or "ranks file",
         rank_method=args.rank_method, weaken=args.weaken,
         input_shapes=input_shapes(args), **extra)
