@@ -7,14 +7,14 @@ from pathlib import Path
 
 from caffe_tucker.caffe.bench import bench
 from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_format, add_output, add_weights,
-                                   caffe_runtime)
+                                   caffe_runtime, non_empty)
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.tables import dumps_json, human, render, reproduce_columns
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("reproduce", help="convert a paper model and compare with the paper's tables")
-    p.add_argument("model", help="alexnet, vgg_s, googlenet or vgg16")
+    p.add_argument("model", type=non_empty, help="alexnet, vgg_s, googlenet or vgg16")
     add_weights(p, "the zoo weights (default: fetch them)")
     p.add_argument("--paper-ranks", action="store_true", help="use the paper's ranks instead of VBMF")
     add_output(p, "DIR", "output directory (default: MODEL_tucker/)")

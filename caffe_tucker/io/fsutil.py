@@ -128,10 +128,11 @@ def check_output(path, force: bool = False, inputs: Sequence = ()) -> Path:
         if same or p.resolve() == Path(inp).resolve():
             raise OutputExistsError(f"{p}: refusing to write over the input file {inp}; "
                                     "hint: choose another output path")
+    if p.is_dir():
+        raise OutputExistsError(f"{p}: is a directory, expected a file path; hint: name a file "
+                                "inside it")
     if p.exists() and not force:
         raise OutputExistsError(f"{p}: already exists; hint: pass --force to replace it")
-    if p.exists() and p.is_dir():
-        raise OutputExistsError(f"{p}: is a directory, expected a file path")
     return check_writable(p)
 
 
