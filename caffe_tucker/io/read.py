@@ -42,11 +42,10 @@ _PROTOTXT_HINT = ("a .caffemodel goes to --weights, the text net definition is t
                   "argument")
 
 
-def max_prototxt_bytes() -> int:
-    """The size limit of a prototxt in bytes: :data:`MAX_PROTOTXT_MB`, or the environment's."""
+def _max_prototxt_mb() -> float:
     text = os.environ.get(MAX_PROTOTXT_ENV, "").strip()
     if not text:
-        return MAX_PROTOTXT_MB << 20
+        return MAX_PROTOTXT_MB
     try:
         mb = float(text)
     except ValueError:
@@ -54,18 +53,22 @@ def max_prototxt_bytes() -> int:
     if not (math.isfinite(mb) and mb > 0):
         raise InputFileError(f"{MAX_PROTOTXT_ENV}={text!r}: must be a positive number of MiB; "
                              f"hint: unset it for the default of {MAX_PROTOTXT_MB}")
-    return int(mb * (1 << 20))
+    return mb
+
+
+def max_prototxt_bytes() -> int:
+    """The size limit of a prototxt in bytes: :data:`MAX_PROTOTXT_MB`, or the environment's."""
+    return int(_max_prototxt_mb() * (1 << 20))
 
 
 def _check_prototxt_size(size: int, source, exact: bool = True) -> None:
-    limit = max_prototxt_bytes()
-    if size > limit:
+    mb = _max_prototxt_mb()
+    if size > int(mb * (1 << 20)):
         shown = f" ({size:,} bytes)" if exact else ""
         raise InputFileError(
-            f"{source}: larger than the {limit / (1 << 20):g} MiB a prototxt may have{shown}; "
-            "hint: a net definition is text of well under 1 MiB, so check the file (a caffemodel "
-            f"goes to --weights); to read it anyway, set {MAX_PROTOTXT_ENV} to a larger number "
-            "of MiB")
+            f"{source}: larger than the {mb:g} MiB a prototxt may have{shown}; hint: a net "
+            "definition is text of well under 1 MiB, so check the file (a caffemodel goes to "
+            f"--weights); to read it anyway, set {MAX_PROTOTXT_ENV} to a larger number of MiB")
 
 
 def _decode_text(data: bytes, path, what: str = "prototxt", hint: str = _PROTOTXT_HINT) -> str:
