@@ -32,7 +32,7 @@ PROG = "caffe-tucker"
 #: The subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS = (info, convert, ranks, verify, bench, reproduce, init, fetch, finetune)
 
-#: Exit statuses other than 0 (success) and 1 (a user error, or ``verify`` FAILED).
+#: Exit statuses of runs ended from outside (the README's "Exit statuses" lists them all).
 EXIT_INTERRUPTED = 128 + signal.SIGINT    # 130
 EXIT_TERMINATED = 128 + signal.SIGTERM    # 143
 
