@@ -258,17 +258,17 @@ def _env(**extra) -> dict:
 
 
 def test_info_reads_standard_input(bad):
-    text = bad["cifar"].read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "caffe_tucker", "info", "-"], input=text,
-                          capture_output=True, env=_env(), cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    assert b"conv1" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "caffe_tucker", "info", "-"],
-                          input=bad["binary"].read_bytes(), capture_output=True, env=_env(), cwd=ROOT)
-    assert_one_line(proc.returncode, proc.stderr.decode(), "<stdin>: looks like a binary file")
-    proc = subprocess.run([sys.executable, "-m", "caffe_tucker", "info", "-"],
-                          input=b'name: "x"\nbogus: 1\n', capture_output=True, env=_env(), cwd=ROOT)
-    assert_one_line(proc.returncode, proc.stderr.decode(), "<stdin>:2:")
+    def info_stdin(data: bytes):
+        proc = subprocess.run([sys.executable, "-m", "caffe_tucker", "info", "-"], input=data,
+                              capture_output=True, env=_env(), cwd=ROOT)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+    code, out, err = info_stdin(bad["cifar"].read_bytes())
+    assert code == 0 and "conv1" in out, err
+    code, _, err = info_stdin(bad["binary"].read_bytes())
+    assert_one_line(code, err, "<stdin>: looks like a binary file")
+    code, _, err = info_stdin(b'name: "x"\nbogus: 1\n')
+    assert_one_line(code, err, "<stdin>:2:")
 
 
 def test_a_reader_that_closes_the_pipe_early(tmp_path):
