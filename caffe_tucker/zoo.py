@@ -119,8 +119,8 @@ def _download_failed(source: str, exc: Exception) -> CaffeTuckerError:
 def _verified_chunks(response, name: str, source: str, expected: str | None, size: int | None):
     """The bytes of ``response`` in chunks, with a progress bar; raises after the last chunk when
     their SHA1 is not ``expected``."""
-    length = response.headers.get("Content-Length")
-    total = int(length) if length else size
+    length = (response.headers.get("Content-Length") or "").strip()
+    total = int(length) if length.isdigit() else size
     h = hashlib.sha1()
     with Progress(total, f"fetch {name}", unit="B") as bar:
         while True:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -47,26 +48,28 @@ def unwritable(path, exc: OSError) -> OutputLocationError:
     return OutputLocationError(f"{path}: cannot write the output ({reason}); hint: {hint}")
 
 
-def read_bytes(path, what: str = "file") -> bytes:
-    """Read a whole input file, turning OS errors into one-line messages."""
+def read_bytes(path, what: str = "file", limit: int | None = None) -> bytes:
+    """Read a whole input file (at most ``limit`` bytes), turning OS errors into one-line
+    messages."""
     p = Path(path)
     try:
-        return p.read_bytes()
+        with open(p, "rb") as fh:
+            return fh.read(-1 if limit is None else limit)
     except OSError as exc:
         raise _unreadable(p, what, exc) from None
 
 
-def input_size(path, what: str = "file") -> int:
-    """The size in bytes of the input file ``path`` (the same one-line errors as :func:`read_bytes`)."""
+def input_size(path, what: str = "file") -> int | None:
+    """The size in bytes of the input file ``path``, or None for a pipe or a device, whose size
+    shows only in reading (the same one-line errors as :func:`read_bytes`)."""
     p = Path(path)
     try:
         st = p.stat()
     except OSError as exc:
         raise _unreadable(p, what, exc) from None
-    if not p.is_file():
-        raise _unreadable(p, what, IsADirectoryError(errno.EISDIR, "is a directory")
-                          if p.is_dir() else OSError(errno.EINVAL, "not a regular file"))
-    return st.st_size
+    if stat.S_ISDIR(st.st_mode):
+        raise _unreadable(p, what, IsADirectoryError(errno.EISDIR, "is a directory"))
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _unreadable(p: Path, what: str, exc: OSError) -> InputFileError:

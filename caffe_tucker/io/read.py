@@ -196,8 +196,14 @@ def read_prototxt(path) -> Net:
         data = path.data
         _check_prototxt_size(len(data), path)
     else:
-        _check_prototxt_size(input_size(path, "prototxt"), path)
-        data = read_bytes(path, "prototxt")
+        size = input_size(path, "prototxt")
+        if size is not None:
+            _check_prototxt_size(size, path)
+        # A pipe (``<(...)``) or a device has no size to check before: read one byte past the
+        # limit at most.
+        data = read_bytes(path, "prototxt", limit=max_prototxt_bytes() + 1)
+        if size is None:
+            _check_prototxt_size(len(data), path, exact=False)
     text = _decode_text(data, path)
     raw, blocks = parse_net_text(text, path)
     if not raw.layer and not raw.layers:
@@ -278,7 +284,6 @@ def read_net(prototxt, weights=None) -> Net:
 
 def read_solver(path) -> SolverParameter:
     """Read a ``solver.prototxt``."""
-    _check_prototxt_size(input_size(path, "solver prototxt"), path)
     text = _decode_text(read_bytes(path, "solver prototxt"), path, "solver prototxt")
     solver = SolverParameter()
     try:

@@ -1,6 +1,8 @@
 """Reading nets of every schema generation, weights by name, and the round trip."""
 
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -265,3 +267,16 @@ def test_bad_ranks_files(tmp_path, data, pattern):
     with pytest.raises(InputFileError, match="no such ranks file"):
         read_ranks_file(tmp_path / "missing.json")
     assert read_ranks_file(write(tmp_path / "ok.json", '{"conv2": [25, 59]}')) == {"conv2": [25, 59]}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_prototxt_from_a_pipe_is_read_up_to_the_limit(tmp_path, monkeypatch):
+    fifo = tmp_path / "net.prototxt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(V1_NET,))
+    writer.start()
+    assert [l.name for l in read_prototxt(fifo).layers][-1] == "prob"
+    writer.join()
+    monkeypatch.setenv(MAX_PROTOTXT_ENV, "0.001")
+    with pytest.raises(InputFileError, match=r"/dev/zero: larger than the 0.001 MiB"):
+        read_prototxt("/dev/zero")  # endless: refused after one byte past the limit
