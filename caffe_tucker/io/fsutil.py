@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
 
 __all__ = ["write_atomic", "check_output", "read_bytes", "input_size", "check_out_dir",
-           "write_directory", "check_writable", "OutputLocationError", "unwritable"]
+           "write_directory", "check_writable", "OutputLocationError"]
 
 
 class OutputLocationError(CaffeTuckerError):
@@ -41,7 +41,7 @@ _WRITE_REASONS = {
 }
 
 
-def unwritable(path, exc: OSError) -> OutputLocationError:
+def _unwritable(path, exc: OSError) -> OutputLocationError:
     """The one-line error for ``exc``, raised while writing the output ``path``."""
     reason, hint = _WRITE_REASONS.get(exc.errno, (exc.strerror or str(exc),
                                                   "check the output location"))
@@ -107,13 +107,13 @@ def check_writable(path) -> Path:
     while not where.exists() and where != where.parent:
         where = where.parent
     if not where.is_dir():
-        raise unwritable(p, NotADirectoryError(errno.ENOTDIR, "not a directory"))
+        raise _unwritable(p, NotADirectoryError(errno.ENOTDIR, "not a directory"))
     try:
         fd, probe = tempfile.mkstemp(prefix=".caffe-tucker-probe.", dir=where)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise unwritable(p, exc) from None
+        raise _unwritable(p, exc) from None
     return p
 
 
@@ -162,7 +162,7 @@ def write_atomic(path, chunks: Iterable, force: bool = False, inputs: Sequence =
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise unwritable(p, exc) from None
+        raise _unwritable(p, exc) from None
     try:
         _write_chunks(fd, p, chunks)
         os.chmod(tmp, 0o644)
@@ -173,7 +173,7 @@ def write_atomic(path, chunks: Iterable, force: bool = False, inputs: Sequence =
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise unwritable(p, exc) from None
+            raise _unwritable(p, exc) from None
         raise
     return p
 
@@ -244,7 +244,7 @@ def write_directory(out, files: Mapping[str, object], force: bool = False,
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     except OSError as exc:
-        raise unwritable(out, exc) from None
+        raise _unwritable(out, exc) from None
     old = None
     try:
         for name, contents in files.items():
@@ -262,7 +262,7 @@ def write_directory(out, files: Mapping[str, object], force: bool = False,
         if old is not None and old.exists() and not out.exists():
             os.replace(old, out)
         if isinstance(exc, OSError):
-            raise unwritable(out, exc) from None
+            raise _unwritable(out, exc) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
