@@ -9,7 +9,6 @@ formats text for the terminal.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path

@@ -17,15 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
+from caffe_tucker.errors import InputFileError, OutputExistsError, OutputLocationError
 
 __all__ = ["write_atomic", "check_output", "read_bytes", "input_size", "check_out_dir",
            "write_directory", "check_writable", "OutputLocationError"]
-
-
-class OutputLocationError(CaffeTuckerError):
-    """An output cannot be written where asked: no permission, a read-only or full file
-    system, a path through a regular file."""
 
 
 # errno -> (reason, hint) for the failures a user can fix by choosing another place.
