@@ -19,6 +19,7 @@ __all__ = [
     "ShapeError",
     "UnsupportedLayerError",
     "OutputExistsError",
+    "OutputLocationError",
     "check_param",
     "where",
 ]
@@ -54,6 +55,11 @@ class UnsupportedLayerError(CaffeTuckerError):
 
 class OutputExistsError(CaffeTuckerError):
     """An output would replace an existing file without ``--force``, or an input."""
+
+
+class OutputLocationError(CaffeTuckerError):
+    """An output cannot be written where asked: no permission, a read-only or full file
+    system, a path through a regular file."""
 
 
 def where(source: str | None = None, line: int | None = None, layer: str | None = None) -> str:

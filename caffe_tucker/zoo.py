@@ -9,14 +9,15 @@ and the paper's printed numbers).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
+from caffe_tucker.io.fsutil import check_writable, write_atomic
 from caffe_tucker.report.progress import Progress
 
 __all__ = ["zoo_dir", "zoo_names", "zoo_model", "cache_dir", "fetch", "sha1_of"]
@@ -67,6 +68,8 @@ def sha1_of(path) -> str:
 def fetch(name: str, dest=None, url: str | None = None, force: bool = False) -> Path:
     """Download zoo model ``name``'s weights, verify the SHA1, save atomically.
 
+    An output location that cannot be written is refused before the download.
+
     A file already at ``dest`` with the right checksum is kept as it is.  A
     download whose checksum differs from the published one is refused and
     deleted; so is an existing file with the wrong checksum, unless ``force``
@@ -95,32 +98,43 @@ def fetch(name: str, dest=None, url: str | None = None, force: bool = False) -> 
         bundled = Path(meta["dir"]) / weights["filename"]
         raise CaffeTuckerError(f"zoo model '{name}' has no download URL: its weights come with the "
                                f"checkout ({bundled}); hint: use that file, or pass --url")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    h = hashlib.sha1()
+    check_writable(target)  # before the download, not after it
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(source, timeout=60)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise CaffeTuckerError(f"{source}: download failed ({exc}); hint: check the network "
-                                       "or pass --url with a mirror or a local file:// path") from None
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length else weights.get("bytes")
-                with Progress(total, f"fetch {name}", unit="B") as bar:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        out.write(chunk)
-                        h.update(chunk)
-                        bar.update(len(chunk))
-        got = h.hexdigest()
-        if expected and got != expected:
-            raise CaffeTuckerError(
-                f"{source}: SHA1 {got} differs from the published {expected} for {name}; the file "
-                "was refused and deleted; hint: the download is corrupt or not this model")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        response = urllib.request.urlopen(source, timeout=60)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise _download_failed(source, exc) from None
+    with response:
+        # write_atomic leaves no file when the chunks raise: a failed download or a wrong
+        # checksum (checked after the last chunk, before the file is moved into place).
+        write_atomic(target, _verified_chunks(response, name, source, expected,
+                                              weights.get("bytes")), force=True)
     return target
+
+
+def _download_failed(source: str, exc: Exception) -> CaffeTuckerError:
+    return CaffeTuckerError(f"{source}: download failed ({exc}); hint: check the network or pass "
+                            "--url with a mirror or a local file:// path")
+
+
+def _verified_chunks(response, name: str, source: str, expected: str | None, size: int | None):
+    """The bytes of ``response`` in chunks, with a progress bar; raises after the last chunk when
+    their SHA1 is not ``expected``."""
+    length = (response.headers.get("Content-Length") or "").strip()
+    total = int(length) if length.isdigit() else size
+    h = hashlib.sha1()
+    with Progress(total, f"fetch {name}", unit="B") as bar:
+        while True:
+            try:
+                chunk = response.read(1 << 20)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _download_failed(source, exc) from None
+            if not chunk:
+                break
+            h.update(chunk)
+            bar.update(len(chunk))
+            yield chunk
+    got = h.hexdigest()
+    if expected and got != expected:
+        raise CaffeTuckerError(
+            f"{source}: SHA1 {got} differs from the published {expected} for {name}; the file "
+            "was refused and deleted; hint: the download is corrupt or not this model")

@@ -16,6 +16,7 @@ import math
 from caffe_tucker.analysis.shapes import parse_input_shapes
 from caffe_tucker.caffe.pycaffe import CaffeRuntime
 from caffe_tucker.errors import CaffeTuckerError, check_param
+from caffe_tucker.io.read import read_ranks_file
 from caffe_tucker.report.tables import FORMATS
 
 
@@ -60,12 +61,35 @@ def float_in(low: float, high: float | None = None, low_open: bool = True):
     return parse
 
 
+def non_empty(text: str) -> str:
+    """An argparse ``type`` for a path or a name: any text but an empty one (``-o ""`` would
+    otherwise mean the default, or the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+non_empty.__name__ = "value"
+
+
+def names(text: str) -> tuple[str, ...]:
+    """An argparse ``type``: comma-separated names (``--layers conv1,conv2``), at least one."""
+    found = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not found:
+        raise argparse.ArgumentTypeError(f"must name at least one layer, e.g. conv1,conv2; "
+                                         f"got {text!r}")
+    return found
+
+
+names.__name__ = "names"
+
+
 def add_prototxt(p, help=None):
-    p.add_argument("prototxt", help=help)
+    p.add_argument("prototxt", type=non_empty, help=help)
 
 
 def add_weights(p, help):
-    p.add_argument("--weights", "-w", metavar="CAFFEMODEL", help=help)
+    p.add_argument("--weights", "-w", type=non_empty, metavar="CAFFEMODEL", help=help)
 
 
 def add_input_shape(p, help=None):
@@ -73,8 +97,10 @@ def add_input_shape(p, help=None):
 
 
 def add_net_input(p):
-    """The net to read as it is: prototxt, ``--weights``, ``--input-shape``, ``--phase``."""
-    add_prototxt(p, "net definition (deploy or train_val; current, V1 or legacy input format)")
+    """The net to read as it is: prototxt (``-``: standard input), ``--weights``,
+    ``--input-shape``, ``--phase``."""
+    add_prototxt(p, "net definition (deploy or train_val; current, V1 or legacy input format; "
+                 "- reads it from standard input)")
     add_weights(p, "trained weights (.caffemodel, current or V1 format)")
     add_input_shape(p, "shape of a data input the net does not declare (repeatable)")
     p.add_argument("--phase", default="TEST", choices=["TRAIN", "TEST"],
@@ -87,16 +113,16 @@ def add_compression(p):
     (read back by :func:`convert_options`)."""
     add_prototxt(p, "deploy net definition")
     add_weights(p, "trained weights (default: <prototxt stem>.caffemodel beside it)")
-    p.add_argument("--preset", help="which layers to compress and how: auto or a zoo model's "
+    p.add_argument("--preset", type=non_empty, help="which layers to compress and how: auto or a zoo model's "
                    "(alexnet, vgg_s, googlenet, vgg16, digits); default: the zoo net this is, else auto")
-    p.add_argument("--layers", metavar="L1,L2", help="compress only these layers")
+    p.add_argument("--layers", type=names, metavar="L1,L2", help="compress only these layers")
     p.add_argument("--method", action="append", metavar="[LAYER=]METHOD",
                    help="compress LAYER with METHOD whatever the preset says (repeatable); a bare "
                    "METHOD: every planned layer it applies to (methods: tucker2, tucker1, svd, "
                    "btd, cp; see the README's method table)")
     p.add_argument("--blocks", type=int_in(1), default=4, metavar="N",
                    help="block terms per layer for automatic btd ranks (default 4)")
-    p.add_argument("--ranks", metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
+    p.add_argument("--ranks", type=non_empty, metavar="FILE", help="fixed ranks per layer (ranks.json); others untouched")
     p.add_argument("--rank-method", default="vbmf", metavar="vbmf|energy:F|ratio:F",
                    help="how ranks are chosen (default vbmf)")
     p.add_argument("--weaken", type=float_in(0), default=1.0,
@@ -107,7 +133,7 @@ def add_compression(p):
 def add_compared_nets(p, help="a convert output directory, or "
                       "ORIG.prototxt ORIG.caffemodel NEW.prototxt NEW.caffemodel"):
     """The original and the compressed net, for ``verify`` and ``bench``: ``paths``."""
-    p.add_argument("paths", nargs="+", metavar="PATH", help=help)
+    p.add_argument("paths", nargs="+", type=non_empty, metavar="PATH", help=help)
 
 
 def add_caffe_runtime(p):
@@ -120,7 +146,7 @@ def add_caffe_runtime(p):
 
 
 def add_output(p, metavar, help=None, required=False):
-    p.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
+    p.add_argument("-o", "--output", type=non_empty, required=required, metavar=metavar, help=help)
 
 
 def add_force(p, help):
@@ -145,14 +171,14 @@ def convert_options(args, **extra):
     flags; ``extra`` sets the other fields."""
     # compress.convert imports tensorly and scipy (about 0.4 s): imported on use so that
     # --help and the subcommands that do not compress stay quick.
-    from caffe_tucker.compress.convert import ConvertOptions, load_ranks_file
+    from caffe_tucker.compress.convert import ConvertOptions
 
     return ConvertOptions(
         preset=args.preset,
-        layers=tuple(x for x in args.layers.split(",") if x) if args.layers else None,
+        layers=args.layers,
         methods=layer_methods(args.method), method=bare_method(args.method),
         blocks=args.blocks,
-        ranks=load_ranks_file(args.ranks) if args.ranks else None,
+        ranks=read_ranks_file(args.ranks) if args.ranks else None,
         ranks_source=args.ranks or "ranks file",
         rank_method=args.rank_method, weaken=args.weaken,
         input_shapes=input_shapes(args), **extra)

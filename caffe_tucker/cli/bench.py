@@ -7,9 +7,9 @@ from pathlib import Path
 
 from caffe_tucker.caffe.bench import bench, bench_png
 from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, caffe_runtime,
-                                   int_in)
+                                   int_in, non_empty)
 from caffe_tucker.errors import CaffeTuckerError, check_param
-from caffe_tucker.io.fsutil import write_atomic
+from caffe_tucker.io.fsutil import check_output, write_atomic
 from caffe_tucker.report.tables import bench_columns, dumps_json, render
 
 
@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--iterations", type=int_in(1), default=20, help="timed passes per repetition")
     p.add_argument("--repeats", type=int_in(1), default=3, help="alternating repetitions (medians)")
     add_format(p)
-    p.add_argument("--png", metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
+    p.add_argument("--png", type=non_empty, metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
     add_caffe_runtime(p)
     return p
 
@@ -43,11 +43,13 @@ def run(args) -> int:
 
     batches = _batch_sizes(args.batch)
     pair = load_pair(args.paths)
-    with caffe_runtime(args) as rt:
-        result = bench(rt, pair, batches, args.iterations, args.repeats)
     png = args.png or (Path(args.paths[0]) / "bench.png" if len(args.paths) == 1 else None)
     if png:
-        write_atomic(png, bench_png(result), force=True)
+        check_output(png, force=True, inputs=args.paths)  # fail before the timing, not after
+    with caffe_runtime(args) as rt:
+        result = bench(rt, pair, batches, args.iterations, args.repeats)
+    if png:
+        write_atomic(png, bench_png(result), force=True, inputs=args.paths)
     if args.format == "json":
         sys.stdout.write(dumps_json({str(b): r for b, r in result["batches"].items()}))
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from caffe_tucker.cli.args import (add_compression, add_force, add_output, convert_options, float_in,
-                                   int_in)
+                                   int_in, non_empty)
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.tables import human
 
@@ -16,9 +16,9 @@ def add_parser(subparsers):
     add_compression(p)
     add_output(p, "DIR", "output directory (default: <prototxt stem>_tucker/ beside the input)")
     add_force(p, "write into an existing non-empty directory")
-    p.add_argument("--train-val", metavar="FILE", help="your train_val prototxt, rewritten like the deploy")
-    p.add_argument("--train-source", metavar="LMDB", help="training LMDB for the generated train_val")
-    p.add_argument("--val-source", metavar="LMDB", help="validation LMDB for the generated train_val")
+    p.add_argument("--train-val", type=non_empty, metavar="FILE", help="your train_val prototxt, rewritten like the deploy")
+    p.add_argument("--train-source", type=non_empty, metavar="LMDB", help="training LMDB for the generated train_val")
+    p.add_argument("--val-source", type=non_empty, metavar="LMDB", help="validation LMDB for the generated train_val")
     p.add_argument("--batch-size", type=int_in(1), help="fine-tuning batch size (default: the zoo model's, else 32)")
     p.add_argument("--train-images", type=int_in(1), default=1281167,
                    help="training set size, for epochs in iterations (default: ImageNet's 1,281,167)")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from caffe_tucker.cli.args import add_force, add_output
+from caffe_tucker.cli.args import add_force, add_output, non_empty
 from caffe_tucker.zoo import fetch, sha1_of, zoo_model
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("fetch", help="download a zoo model's weights and check their SHA1")
-    p.add_argument("model", help="zoo model name (alexnet, vgg_s, googlenet, vgg16)")
+    p.add_argument("model", type=non_empty, help="zoo model name (alexnet, vgg_s, googlenet, vgg16)")
     add_output(p, "PATH", "where to save (default: the cache directory)")
-    p.add_argument("--url", help="download from here instead of the zoo URL (e.g. a mirror or file://)")
+    p.add_argument("--url", type=non_empty, help="download from here instead of the zoo URL (e.g. a mirror or file://)")
     add_force(p, "replace an existing file")
     return p
 

@@ -6,6 +6,7 @@ import sys
 
 from caffe_tucker.analysis.cost import analyze
 from caffe_tucker.cli.args import add_format, add_net_input, input_shapes
+from caffe_tucker.io.read import read_net_text
 from caffe_tucker.model import load_model
 from caffe_tucker.report.tables import info_columns, render
 
@@ -18,7 +19,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    model = load_model(args.prototxt, args.weights, phase=args.phase,
+    prototxt = read_net_text(sys.stdin.buffer) if args.prototxt == "-" else args.prototxt
+    model = load_model(prototxt, args.weights, phase=args.phase,
                        input_shapes=input_shapes(args))
     net = model.net
     result = analyze(net, model.shapes)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from caffe_tucker.caffe.bench import bench
 from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_format, add_output, add_weights,
-                                   caffe_runtime)
+                                   caffe_runtime, non_empty)
+from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.tables import dumps_json, human, render, reproduce_columns
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("reproduce", help="convert a paper model and compare with the paper's tables")
-    p.add_argument("model", help="alexnet, vgg_s, googlenet or vgg16")
+    p.add_argument("model", type=non_empty, help="alexnet, vgg_s, googlenet or vgg16")
     add_weights(p, "the zoo weights (default: fetch them)")
     p.add_argument("--paper-ranks", action="store_true", help="use the paper's ranks instead of VBMF")
     p.add_argument("--method", metavar="METHOD",
@@ -32,8 +34,10 @@ def run(args) -> int:
     from caffe_tucker.caffe.verify import load_pair
     from caffe_tucker.compress.reproduce import reproduce
 
+    out_dir = Path(args.output or f"{args.model}_tucker")
+    check_out_dir(out_dir, args.force, [args.weights])  # fail before the fetch and the work
     result, cmp, out = reproduce(args.model, weights=args.weights, paper_ranks_only=args.paper_ranks,
-                                 out_dir=args.output, force=args.force, method=args.method)
+                                 out_dir=out_dir, force=args.force, method=args.method)
     if args.bench:
         with caffe_runtime(args) as rt:
             cmp["bench"] = {str(b): r for b, r in bench(

@@ -9,7 +9,6 @@ formats text for the terminal.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import dumps_json
 from caffe_tucker.zoo import zoo_model
 
-__all__ = ["ConvertOptions", "ConvertResult", "convert", "write_outputs", "load_ranks_file",
+__all__ = ["ConvertOptions", "ConvertResult", "convert", "write_outputs",
            "choose_ranks", "OUTPUT_FILES"]
 
 OUTPUT_FILES = ("deploy.prototxt", "weights.caffemodel", "train_val.prototxt", "solver.prototxt",
@@ -91,21 +90,6 @@ class ConvertResult:
     @property
     def ranks(self) -> dict:
         return self.record.ranks_json()
-
-
-def load_ranks_file(path) -> dict:
-    """Read a ranks.json: ``{"layer": R or [R3, R4] or {"method": NAME, "ranks": ...}, ...}``."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputFileError(f"{p}: no such ranks file") from None
-    except json.JSONDecodeError as exc:
-        raise InputFileError(f"{p}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise InputFileError(f"{p}: a ranks file is a JSON object mapping layer names to ranks, "
-                             'e.g. {"conv2": [25, 59], "fc7": 301}')
-    return data
 
 
 def _zoo_meta(preset: str) -> dict | None:

@@ -10,33 +10,75 @@ does; their shapes are checked against the net once shapes are known
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from google.protobuf import text_format
 
 from caffe_tucker.io.caffe_pb2 import NetParameter, SolverParameter
 from caffe_tucker.errors import CaffemodelError, InputFileError, PrototxtError
-from caffe_tucker.io.fsutil import read_bytes
+from caffe_tucker.io.fsutil import input_size, read_bytes
 from caffe_tucker.graph import Layer, Net
 from caffe_tucker.io.upgrade import upgrade_net
 from caffe_tucker.io.wire import RawWeights, decode_weights
 
 __all__ = ["read_prototxt", "read_caffemodel", "read_net", "attach_weights", "parse_net_text",
-           "read_solver"]
+           "read_solver", "read_ranks_file", "NetText", "read_net_text", "MAX_PROTOTXT_MB",
+           "MAX_PROTOTXT_ENV", "max_prototxt_bytes"]
+
+#: The largest prototxt read, in MiB.  Text-format parsing takes about a second per MiB, so a
+#: file of hundreds of MiB (repeated fields, or a caffemodel dumped as text) would parse for
+#: minutes; real net definitions are well under 1 MiB.  ``$CAFFE_TUCKER_MAX_PROTOTXT_MB``
+#: (a positive number) overrides it.
+MAX_PROTOTXT_MB = 64
+MAX_PROTOTXT_ENV = "CAFFE_TUCKER_MAX_PROTOTXT_MB"
+
+_PROTOTXT_HINT = ("a .caffemodel goes to --weights, the text net definition is the positional "
+                  "argument")
 
 
-def _decode_text(data: bytes, path) -> str:
-    if b"\x00" in data[:4096]:
+def _max_prototxt_mb() -> float:
+    text = os.environ.get(MAX_PROTOTXT_ENV, "").strip()
+    if not text:
+        return MAX_PROTOTXT_MB
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = math.nan
+    if not (math.isfinite(mb) and mb > 0):
+        raise InputFileError(f"{MAX_PROTOTXT_ENV}={text!r}: must be a positive number of MiB; "
+                             f"hint: unset it for the default of {MAX_PROTOTXT_MB}")
+    return mb
+
+
+def max_prototxt_bytes() -> int:
+    """The size limit of a prototxt in bytes: :data:`MAX_PROTOTXT_MB`, or the environment's."""
+    return int(_max_prototxt_mb() * (1 << 20))
+
+
+def _check_prototxt_size(size: int, source, exact: bool = True) -> None:
+    mb = _max_prototxt_mb()
+    if size > int(mb * (1 << 20)):
+        shown = f" ({size:,} bytes)" if exact else ""
         raise InputFileError(
-            f"{path}: looks like a binary file, not a prototxt; hint: a .caffemodel goes to "
-            "--weights, the text net definition is the positional argument")
+            f"{source}: larger than the {mb:g} MiB a prototxt may have{shown}; hint: a net "
+            "definition is text of well under 1 MiB, so check the file (a caffemodel goes to "
+            f"--weights); to read it anyway, set {MAX_PROTOTXT_ENV} to a larger number of MiB")
+
+
+def _decode_text(data: bytes, path, what: str = "prototxt", hint: str = _PROTOTXT_HINT) -> str:
+    if b"\x00" in data[:4096]:
+        raise InputFileError(f"{path}: looks like a binary file, not a {what}; hint: {hint}")
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputFileError(f"{path}: is not UTF-8 text; hint: give the .prototxt text file") from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: is not UTF-8 text (byte {exc.start}), not a {what}; "
+                             f"hint: {hint}") from None
 
 
 _FIELD_RE = re.compile(r'has no field named "([^"]+)"')
@@ -117,13 +159,52 @@ def parse_net_text(text: str, path="<text>") -> tuple[NetParameter, dict[str, li
     return net, _top_level_blocks(text)
 
 
+@dataclass(frozen=True)
+class NetText:
+    """A net definition held in memory (read from standard input, say) with the name messages
+    give it.  It goes wherever a prototxt path goes (:func:`read_prototxt`, :func:`read_net`,
+    :func:`caffe_tucker.model.load_model`); as a path (``os.fspath``) it is its name, a label
+    that names no file."""
+
+    data: bytes
+    name: str = "<text>"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __fspath__(self) -> str:
+        return self.name
+
+
+def read_net_text(stream: BinaryIO, name: str = "<stdin>") -> NetText:
+    """Read a whole net definition from a binary stream (``sys.stdin.buffer``), refusing one
+    above :func:`max_prototxt_bytes` without reading more than one byte past the limit."""
+    limit = max_prototxt_bytes()
+    data = stream.read(limit + 1)
+    _check_prototxt_size(len(data), name, exact=False)
+    return NetText(data, name)
+
+
 def read_prototxt(path) -> Net:
     """Read a net definition (deploy or train_val, any schema generation).
 
-    Returns a :class:`Net` in the current schema, with every layer's source
-    line recorded for messages.
+    ``path`` is a file, or a :class:`NetText`.  A file larger than :func:`max_prototxt_bytes`
+    is refused from its size, before it is read.  Returns a :class:`Net` in the current schema,
+    with every layer's source line recorded for messages.
     """
-    text = _decode_text(read_bytes(path, "prototxt"), path)
+    if isinstance(path, NetText):
+        data = path.data
+        _check_prototxt_size(len(data), path)
+    else:
+        size = input_size(path, "prototxt")
+        if size is not None:
+            _check_prototxt_size(size, path)
+        # A pipe (``<(...)``) or a device has no size to check before: read one byte past the
+        # limit at most.
+        data = read_bytes(path, "prototxt", limit=max_prototxt_bytes() + 1)
+        if size is None:
+            _check_prototxt_size(len(data), path, exact=False)
+    text = _decode_text(data, path)
     raw, blocks = parse_net_text(text, path)
     if not raw.layer and not raw.layers:
         raise PrototxtError(f"{path}: defines no layers; hint: is this a net definition (a solver "
@@ -149,7 +230,7 @@ def _blob_array(blob) -> np.ndarray:
         shape = tuple(blob.shape.dim)
     else:
         shape = (blob.num, blob.channels, blob.height, blob.width)
-    return data.reshape(shape) if int(np.prod(shape)) == data.size else data
+    return data.reshape(shape) if math.prod(shape) == data.size else data
 
 
 def read_caffemodel(path) -> RawWeights:
@@ -182,7 +263,9 @@ def attach_weights(net: Net, weights: RawWeights, source: str | None = None) -> 
         arrays = []
         for blob in raw.blobs:
             shape = blob.shape if blob.shape is not None else (blob.legacy or (blob.data.size,))
-            if int(np.prod(shape)) != blob.data.size:
+            # math.prod, exact: numpy's int64 product of dims a corrupt file claims can wrap
+            # around to the data's size.
+            if math.prod(shape) != blob.data.size:
                 raise CaffemodelError(
                     f"{source or weights.name}: layer '{raw.name}': a blob of shape "
                     f"{list(shape)} holds {blob.data.size} values; hint: the file is corrupt")
@@ -201,13 +284,35 @@ def read_net(prototxt, weights=None) -> Net:
 
 def read_solver(path) -> SolverParameter:
     """Read a ``solver.prototxt``."""
-    text = _decode_text(read_bytes(path, "solver prototxt"), path)
+    text = _decode_text(read_bytes(path, "solver prototxt"), path, "solver prototxt")
     solver = SolverParameter()
     try:
         text_format.Parse(text, solver)
     except text_format.ParseError as exc:
         raise _parse_error(exc, path) from None
     return solver
+
+
+def read_ranks_file(path) -> dict:
+    """Read a ranks file (the ``ranks.json`` convert writes): ``{"layer": R or [R3, R4] or
+    {"method": NAME, "ranks": ...}, ...}``.
+
+    Only the form is checked here; the ranks themselves are checked against the net when it is
+    known (:func:`caffe_tucker.compress.ranks.check_manual_ranks`).
+    """
+    hint = 'give the ranks.json convert writes, e.g. {"conv2": [25, 59], "fc7": 301}'
+    text = _decode_text(read_bytes(path, "ranks file"), path, "ranks file (JSON)", hint)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); "
+                             f"hint: {hint}") from None
+    except RecursionError:
+        raise InputFileError(f"{path}: JSON nested too deeply for a ranks file; hint: {hint}") from None
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path}: a ranks file is a JSON object mapping layer names to ranks; "
+                             f"hint: {hint}")
+    return data
 
 
 def default_weights_path(prototxt) -> Path | None:

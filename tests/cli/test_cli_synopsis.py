@@ -39,10 +39,12 @@ def synopsis_entries(block: list[str]) -> dict[str | None, str]:
 
 
 def option_names(parser: argparse.ArgumentParser) -> list[str]:
-    """Each option's long forms (its short form where it has none), leaving out --help."""
+    """Each option's long forms (its short form where it has none), leaving out --help and hidden
+    options (a subcommand's --debug: the program's own, accepted after the subcommand too)."""
     names = []
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+        if (isinstance(action, argparse._HelpAction) or not action.option_strings
+                or action.help == argparse.SUPPRESS):
             continue
         long = [s for s in action.option_strings if s.startswith("--")]
         names += long or action.option_strings

@@ -1,5 +1,9 @@
 """Reading nets of every schema generation, weights by name, and the round trip."""
 
+import io
+import os
+import threading
+
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -10,6 +14,9 @@ from caffe_tucker.io.emit import caffemodel_chunks, write_caffemodel, write_prot
 from caffe_tucker.errors import (CaffemodelError, InputFileError, OutputExistsError,
                                  PrototxtError, WeightsMismatchError)
 from caffe_tucker.io.fillers import init_weights
+from caffe_tucker.io.read import (MAX_PROTOTXT_ENV, MAX_PROTOTXT_MB, NetText, attach_weights,
+                                  read_net_text, read_ranks_file)
+from caffe_tucker.io.wire import encode_field, encode_varint
 from caffe_tucker.analysis.shapes import KNOWN_TYPES
 from conftest import ZOO, write
 
@@ -194,3 +201,82 @@ def test_unmatched_weights_are_ignored_like_caffe(tmp_path, shared_models):
     net = read_net(write(tmp_path / "n.prototxt", V1_NET),
                    shared_models / "cifar10_quick" / "cifar10_quick_iter_5000.caffemodel")
     assert all(not l.blobs for l in net.layers)
+
+
+def test_a_caffemodel_claiming_more_than_it_holds_is_refused(tmp_path):
+    # A length prefix past the end of the file: refused from the header, nothing allocated.
+    claim = tmp_path / "claim.caffemodel"
+    claim.write_bytes(encode_varint((100 << 3) | 2) + encode_varint(1 << 30) + b"x" * 10)
+    with pytest.raises(CaffemodelError, match="truncated"):
+        read_caffemodel(claim)
+    # A blob whose dims multiply to 2**80: numpy's int64 product wraps to 0, the exact one not.
+    dims = encode_varint(1 << 40) * 2
+    blob = b"".join(encode_field(7, b"".join(encode_field(1, dims))))
+    layer = b"".join([*encode_field(1, b"c"), *encode_field(2, b"Convolution"),
+                      *encode_field(7, blob)])
+    huge = tmp_path / "huge.caffemodel"
+    huge.write_bytes(b"".join(encode_field(100, layer)))
+    net = read_prototxt(write(tmp_path / "c.prototxt", 'layer { name: "c" type: "Input" top: "c" '
+                              'input_param { shape { dim: 1 } } }'))
+    with pytest.raises(CaffemodelError, match=r"layer 'c': a blob of shape \[1099511627776, "
+                                              r"1099511627776\] holds 0 values"):
+        attach_weights(net, read_caffemodel(huge))
+
+
+def test_a_prototxt_above_the_limit_is_refused_from_its_size(tmp_path, monkeypatch):
+    big = write(tmp_path / "big.prototxt", V1_NET + "#" * (1 << 20))
+    assert read_prototxt(big).layers  # 1 MiB: well within the default limit
+    monkeypatch.setenv(MAX_PROTOTXT_ENV, "0.5")
+    with pytest.raises(InputFileError, match=rf"big.prototxt: larger than the 0.5 MiB .*"
+                                             rf"{MAX_PROTOTXT_ENV}"):
+        read_prototxt(big)
+    with pytest.raises(InputFileError, match=r"<stdin>: larger than the 0.5 MiB"):
+        read_net_text(io.BytesIO(big.read_bytes()))
+    small = read_net_text(io.BytesIO(V1_NET.encode()))
+    assert str(small) == "<stdin>" and read_prototxt(small).source == "<stdin>"
+    for bad in ("0", "-1", "nan", "lots"):
+        monkeypatch.setenv(MAX_PROTOTXT_ENV, bad)
+        with pytest.raises(InputFileError, match=f"{MAX_PROTOTXT_ENV}=.*positive number"):
+            read_prototxt(big)
+    assert MAX_PROTOTXT_MB == 64
+
+
+def test_a_net_from_memory_is_named_in_messages():
+    with pytest.raises(PrototxtError, match=r"^<stdin>:2:\d+: unknown field 'bogus'"):
+        read_prototxt(NetText(b'name: "n"\nbogus: 1\n', "<stdin>"))
+    with pytest.raises(InputFileError, match="^<stdin>: looks like a binary file"):
+        read_prototxt(NetText(b"\x00\x01", "<stdin>"))
+
+
+@pytest.mark.parametrize("data, pattern", [
+    (None, "is a directory, expected a ranks file"),
+    (b"\xff\xfe{}", r"is not UTF-8 text \(byte 0\), not a ranks file"),
+    (b'{"conv1": \x00}', "looks like a binary file, not a ranks file"),
+    (b'{"conv1": [1, 2}', r":1:\d+: not valid JSON"),
+    (b"[1, 2]", "a ranks file is a JSON object"),
+    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+])
+def test_bad_ranks_files(tmp_path, data, pattern):
+    path = tmp_path / "ranks.json"
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    with pytest.raises(InputFileError, match=pattern):
+        read_ranks_file(path)
+    with pytest.raises(InputFileError, match="no such ranks file"):
+        read_ranks_file(tmp_path / "missing.json")
+    assert read_ranks_file(write(tmp_path / "ok.json", '{"conv2": [25, 59]}')) == {"conv2": [25, 59]}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_prototxt_from_a_pipe_is_read_up_to_the_limit(tmp_path, monkeypatch):
+    fifo = tmp_path / "net.prototxt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(V1_NET,))
+    writer.start()
+    assert [l.name for l in read_prototxt(fifo).layers][-1] == "prob"
+    writer.join()
+    monkeypatch.setenv(MAX_PROTOTXT_ENV, "0.001")
+    with pytest.raises(InputFileError, match=r"/dev/zero: larger than the 0.001 MiB"):
+        read_prototxt("/dev/zero")  # endless: refused after one byte past the limit
