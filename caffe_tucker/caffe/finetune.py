@@ -212,24 +212,24 @@ def _check_writable(out: Path) -> None:
     os.unlink(probe)
 
 
-def _last_solverstate(out: Path, command: CaffeCommand, state: TrainLog) -> Path | None:
+def _last_solverstate(out: Path, command: CaffeCommand, state: TrainLog) -> tuple[Path | None, bool]:
     """The solver state Caffe last snapshotted in this run (from its log), else the one of the
-    highest iteration in ``out/snapshots``."""
+    highest iteration in ``out/snapshots``; and whether it is this run's."""
     for printed in reversed(state.snapshots):
         path = command.host_path(printed, out)
         if path.name.endswith((".solverstate", ".solverstate.h5")) and path.is_file():
-            return path
+            return path, True
 
     def iteration(p: Path) -> int:
         m = _ITER.search(p.name)
         return int(m.group(1)) if m else -1
 
     found = sorted((out / SNAPSHOT_DIR).glob("*.solverstate*"), key=iteration)
-    return found[-1] if found else None
+    return (found[-1] if found else None), False
 
 
-def _interrupted(out: Path, result: FinetuneResult, snapshot: Path | None, ran: bool,
-                 wrote: bool, max_iter, gpu) -> str:
+def _interrupted(out: Path, result: FinetuneResult, snapshot: Path | None, this_run: bool,
+                 ran: bool, wrote: bool, max_iter, gpu) -> str:
     """The message of an interrupted run: where it stopped, its last snapshot, how to resume."""
     where = (f"Caffe stopped at iteration {result.iterations} of {result.max_iter}" if ran
              else "Caffe stopped before its first iteration")
@@ -239,9 +239,9 @@ def _interrupted(out: Path, result: FinetuneResult, snapshot: Path | None, ran: 
         return f"{where}, with no snapshot to resume from{kept}; hint: run finetune again"
     flags = "".join(f" {k} {shlex.quote(str(v))}" for k, v in
                     (("--max-iter", max_iter), ("--gpu", gpu)) if v)
-    fresh = "" if snapshot.parent == out / SNAPSHOT_DIR and ran else " (from an earlier run)"
+    earlier = "" if this_run else " (from an earlier run)"
     resume = shlex.join(["caffe-tucker", "finetune", str(out), "--resume", str(snapshot)])
-    return (f"{where}; Caffe's last snapshot{fresh} is {snapshot}{kept}; hint: continue with "
+    return (f"{where}; Caffe's last snapshot{earlier} is {snapshot}{kept}; hint: continue with "
             f"'{resume}{flags}' (and the same --caffe)")
 
 
@@ -288,8 +288,8 @@ class FinetuneInterrupted(KeyboardInterrupt):
 def _prepare(out: Path, resume, max_iter, force: bool):
     """Check the inputs and the outputs before anything runs; returns the resume state path."""
     if not out.is_dir():
-        raise InputFileError(f"{out}: no such directory; hint: pass the output directory of "
-                             "'convert'")
+        what = "is a file, not a directory" if out.exists() else "no such directory"
+        raise InputFileError(f"{out}: {what}; hint: pass the output directory of 'convert'")
     solver_path = out / "solver.prototxt"
     if not solver_path.is_file():
         raise InputFileError(f"{solver_path}: no such solver; hint: is {out} an output directory "
@@ -458,9 +458,10 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
             _use(result, _write_set(out, log_tmp, state, final))
         else:
             os.replace(log_tmp, out / FAILED_LOG)
-        snapshot = _last_solverstate(out, command, state)
-        raise FinetuneInterrupted(_interrupted(out, result, snapshot, state.last_iter is not None,
-                                               wrote, max_iter, gpu), result, snapshot)
+        snapshot, this_run = _last_solverstate(out, command, state)
+        raise FinetuneInterrupted(_interrupted(out, result, snapshot, this_run,
+                                               state.last_iter is not None, wrote, max_iter, gpu),
+                                  result, snapshot)
     if reader.error is not None:
         raise failed(f"cannot follow the caffe log: {reader.error}") from reader.error
     if proc.returncode != 0:

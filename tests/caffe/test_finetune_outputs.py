@@ -221,7 +221,7 @@ def test_finetune_bad_inputs(cli, out, tmp_path, monkeypatch):
     empty.mkdir()
     cases = [
         ([tmp_path / "nope"], "no such directory"),
-        ([out / "solver.prototxt"], "no such directory"),
+        ([out / "solver.prototxt"], "is a file, not a directory"),
         ([empty], "no such solver"),
         ([out, "--resume", out / "snapshots" / "finetune_iter_7.solverstate"],
          "no such solver state"),

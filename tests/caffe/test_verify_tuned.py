@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caffe_tucker import ConvertOptions, convert, write_outputs
 from caffe_tucker.caffe.verify import (DECOMPOSITION_TOLERANCE, TUNED_WEIGHTS, CheckKind, Status,
                                        load_pair, verify)
 from caffe_tucker.errors import CaffeTuckerError, InputFileError
@@ -28,12 +27,13 @@ DIGITS = ZOO / "digits"
 
 
 @pytest.fixture
-def converted(cifar, tmp_path):
+def converted(cli, cifar, tmp_path):
     """cifar10_quick with conv1, conv2 and ip1 compressed, written out, plus fine-tuned weights."""
-    result = convert(cifar, None, ConvertOptions(ranks={"conv1": 12, "conv2": [6, 9], "ip1": 20},
-                                                 spectra=False), progress=False)
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text(json.dumps({"conv1": 12, "conv2": [6, 9], "ip1": 20}))
     out = tmp_path / "cifar_tucker"
-    write_outputs(result, out, plot=False)
+    code, _, err = cli("convert", cifar, "--ranks", ranks, "-o", out, "--no-plot")
+    assert code == 0, err
     net = read_net(out / "deploy.prototxt", out / "weights.caffemodel")
     rng = np.random.default_rng(0)
     tuned = net.with_layers(
@@ -173,7 +173,7 @@ def _bad_verify_inputs(tmp_path, converted, cifar):
     return [
         ("missing dir", ["verify", tmp_path / "nope"], "no such directory"),
         ("not a convert dir", ["verify", empty], "not a convert output directory"),
-        ("a file for the dir", ["verify", cifar], "no such directory"),
+        ("a file for the dir", ["verify", cifar], "is a file, not a directory"),
         ("images: no folder", ["verify", converted, "--images", tmp_path / "nope"],
          "no such folder"),
         ("images: a file", ["verify", converted, "--images", cifar], "is a file, not a folder"),
