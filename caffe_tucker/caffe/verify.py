@@ -135,7 +135,7 @@ def _check_pair(original: Model, compressed: Model, record: CompressionRecord) -
                                f"{sorted(o_in)} in the original {original.prototxt}, "
                                f"{sorted(c_in)} in the compressed net; {hint}")
     for name, shape in o_in.items():
-        if tuple(c_in[name]) != tuple(shape):
+        if tuple(c_in[name][1:]) != tuple(shape[1:]):  # the batch is verify's and bench's own
             raise CaffeTuckerError(f"{compressed.prototxt}: input '{name}' is {list(shape)} in "
                                    f"the original {original.prototxt} but {list(c_in[name])} in "
                                    f"the compressed net; {hint}")

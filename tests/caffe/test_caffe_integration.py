@@ -112,13 +112,18 @@ layer { name: "p" type: "Pooling" bottom: "fc" top: "p" pooling_param { kernel_s
 
 
 def test_mismatched_inputs_are_refused(cli, caffe_command, cifar, tmp_path):
+    """The compressed net reads another input blob: refused in one line before Caffe runs.  (Its
+    weights fit: a net that differs in the input's size would be refused for its weights.)"""
     assert cli("convert", cifar, "-o", tmp_path / "out")[0] == 0
+    text = (tmp_path / "out" / "deploy.prototxt").read_text()
     other = write(tmp_path / "other.prototxt",
-                  cifar.read_text().replace("dim: 32 dim: 32", "dim: 28 dim: 28"))
-    shutil.copy(tmp_path / "out" / "weights.caffemodel", tmp_path / "w.caffemodel")
+                  text.replace('top: "data"', 'top: "image"').replace('bottom: "data"',
+                                                                       'bottom: "image"'))
     code, _, err = caffe_cli(cli, caffe_command, "verify", cifar, cifar.with_suffix(".caffemodel"),
-                             other, tmp_path / "w.caffemodel")
-    assert code == 1 and ("input 'data'" in err or "needs" in err), err
+                             other, tmp_path / "out" / "weights.caffemodel")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the nets have different inputs: ['data'] in the original" in err, err
+    assert "['image'] in the compressed net" in err
 
 
 def test_verify_with_images(cli, caffe_command, cifar, tmp_path):

@@ -244,3 +244,14 @@ def test_a_compressed_net_missing_an_original_layer_is_refused(converted, cifar,
                        "compressed net nor replaced"):
         load_pair([cifar, cifar.with_suffix(".caffemodel"), renamed,
                    converted / "weights.caffemodel"])
+
+
+def test_the_declared_batch_of_an_input_may_differ(converted, cifar, tmp_path):
+    """verify and bench feed their own batch: a deploy declaring 10 images pairs with one of 1."""
+    text = cifar.read_text()
+    assert "dim: 1 dim: 3 dim: 32 dim: 32" in text
+    ten = tmp_path / "ten.prototxt"
+    ten.write_text(text.replace("dim: 1 dim: 3 dim: 32 dim: 32", "dim: 10 dim: 3 dim: 32 dim: 32"))
+    pair = load_pair([ten, cifar.with_suffix(".caffemodel"), converted / "deploy.prototxt",
+                      converted / "weights.caffemodel"])
+    assert verify(FakeRuntime(), pair, random=2).verdict is Status.PASSED
