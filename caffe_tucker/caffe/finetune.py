@@ -30,14 +30,11 @@ stop on Ctrl-C) is :mod:`caffe_tucker.caffe.process`; the log is read by
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
-import signal
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +45,7 @@ from caffe_tucker.caffe.process import (CaffeCommand, LineReader, caffe_reason, 
 from caffe_tucker.caffe.train_log import TrainLog, csv_text, parse_log_line, read_csv
 from caffe_tucker.compress.finetune_files import solver_text
 from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
-from caffe_tucker.io.fsutil import write_atomic
+from caffe_tucker.io.fsutil import check_writable, write_atomic
 from caffe_tucker.io.read import read_solver
 from caffe_tucker.report.plots import png_bytes, pyplot
 from caffe_tucker.report.progress import Progress
@@ -199,19 +196,6 @@ def _write_set(out: Path, log_tmp: Path, state: TrainLog, caffemodel: Path | Non
     return {name: out / name for name in staged}
 
 
-def _check_writable(out: Path) -> None:
-    """Refuse an output directory this process cannot create files in (before Caffe runs)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".finetune.", suffix=".probe", dir=out)
-    except OSError as exc:
-        raise CaffeTuckerError(f"{out}: cannot write in this directory ({exc.strerror or exc}); "
-                               "hint: finetune writes its log, CSV, plot, snapshots and "
-                               "finetuned.caffemodel there: make it writable, or copy the "
-                               "directory somewhere writable") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
 def _last_solverstate(out: Path, command: CaffeCommand, state: TrainLog) -> tuple[Path | None, bool]:
     """The solver state Caffe last snapshotted in this run (from its log), else the one of the
     highest iteration in ``out/snapshots``; and whether it is this run's."""
@@ -245,28 +229,9 @@ def _interrupted(out: Path, result: FinetuneResult, snapshot: Path | None, this_
             f"'{resume}{flags}' (and the same --caffe)")
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While Caffe runs, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so that Caffe (in a
-    session of its own, which the signal does not reach) is stopped and its snapshot named
-    rather than left running.  Only the main thread can handle signals; elsewhere, nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class FinetuneInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped a fine-tuning run; the message says where Caffe's last snapshot
-    is and how to resume from it.
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM made one) stopped a fine-tuning run; the message
+    says where Caffe's last snapshot is and how to resume from it.
 
     Attributes
     ----------
@@ -288,8 +253,9 @@ class FinetuneInterrupted(KeyboardInterrupt):
 def _prepare(out: Path, resume, max_iter, force: bool):
     """Check the inputs and the outputs before anything runs; returns the resume state path."""
     if not out.is_dir():
-        what = "is a file, not a directory" if out.exists() else "no such directory"
-        raise InputFileError(f"{out}: {what}; hint: pass the output directory of 'convert'")
+        what = "it is a file" if out.exists() else "no such directory"
+        raise InputFileError(f"{out}: not a convert output directory ({what}); hint: pass the "
+                             "output directory of 'convert'")
     solver_path = out / "solver.prototxt"
     if not solver_path.is_file():
         raise InputFileError(f"{solver_path}: no such solver; hint: is {out} an output directory "
@@ -311,7 +277,7 @@ def _prepare(out: Path, resume, max_iter, force: bool):
         raise OutputExistsError(f"{out / existing[0]}: already exists (an earlier run's "
                                 f"{', '.join(existing)}); hint: pass --force to replace that "
                                 "run's outputs, or --resume one of its snapshots to continue it")
-    _check_writable(out)
+    check_writable(out / LOG)
     return resume
 
 
@@ -352,7 +318,7 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
         error line and where its log is), or when the command ran no iteration and wrote no
         snapshot (a ``--caffe`` that is not Caffe).
     FinetuneInterrupted
-        A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one) stops Caffe
+        A KeyboardInterrupt (Ctrl-C, or SIGTERM, which the command line turns into one) stops Caffe
         (:func:`caffe_tucker.caffe.process.stop`: SIGINT, so that it snapshots, then SIGTERM and
         SIGKILL); the run's set is written as for a finished run, and the message says where the
         last snapshot is and how to ``--resume`` from it.
@@ -419,8 +385,7 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
 
         reader = LineReader(proc.stdout, LOG_TAIL_LINES, handle, name="caffe-train-log")
         try:
-            with _sigterm_as_interrupt():
-                proc.wait()
+            proc.wait()
         except KeyboardInterrupt:
             interrupted = True
             stop(proc)

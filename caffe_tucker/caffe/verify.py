@@ -97,9 +97,9 @@ def load_pair(paths, tuned: bool = False) -> NetPair:
     if len(paths) == 1:
         out = paths[0]
         if not out.is_dir():
-            what = "is a file, not a directory" if out.exists() else "no such directory"
-            raise InputFileError(f"{out}: {what}; hint: pass the output directory of 'convert', "
-                                 "or the four files")
+            what = "it is a file" if out.exists() else "no such directory"
+            raise InputFileError(f"{out}: not a convert output directory ({what}); hint: pass "
+                                 "the output directory of 'convert', or the four files")
         record = read_record(out)
         weights = out / (TUNED_WEIGHTS if tuned else "weights.caffemodel")
         if tuned and not weights.is_file():

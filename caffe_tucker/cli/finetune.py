@@ -8,10 +8,6 @@ import sys
 from caffe_tucker.caffe.finetune import CAFFE_ENV_VAR, FinetuneInterrupted, finetune
 from caffe_tucker.cli.args import int_in
 
-#: Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as the shell reports it).
-EXIT_INTERRUPTED = 130
-
-
 def add_parser(subparsers):
     p = subparsers.add_parser("finetune", help="fine-tune a convert output directory in real Caffe "
                               "(caffe train), with a log, CSV and plot")
@@ -28,8 +24,8 @@ def add_parser(subparsers):
                    "(replaces the earlier run's log, CSV, plot and finetuned.caffemodel)")
     p.add_argument("--force", action="store_true",
                    help="replace the log, CSV, plot and finetuned.caffemodel of an earlier run")
-    # The interrupt message is printed here (main's handler prints no details); its prefix is
-    # the program's name, the first word of this parser's.
+    # Where Caffe stopped is printed here, before the line and exit status main gives every
+    # interrupt; its prefix is the program's name, the first word of this parser's.
     p.set_defaults(program=p.prog.split()[0])
     return p
 
@@ -40,8 +36,8 @@ def run(args) -> int:
         r = finetune(args.out_dir, caffe_cmd, gpu=args.gpu, max_iter=args.max_iter,
                      resume=args.resume, force=args.force)
     except FinetuneInterrupted as exc:
-        print(f"{args.program}: interrupted: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"{args.program}: {exc}", file=sys.stderr)
+        raise
     loss = "n/a" if r.final_loss is None else f"{r.final_loss:.4g}"
     acc = ("n/a" if r.final_accuracy is None
            else f"{r.final_accuracy:.4f} ({r.accuracy_name})")

@@ -185,14 +185,16 @@ def test_an_interrupt_names_the_snapshot_and_how_to_resume(cli, out, sig):
     watcher = _interrupt_when_running(out, sig)
     code, _, err = cli("finetune", out, "--caffe", fake("slow"), "--max-iter", "100000")
     watcher.join()
-    assert code == 130
-    line = one_line(err)
+    assert code == 128 + sig                      # 130 for Ctrl-C, 143 for SIGTERM
+    line, last = err.strip().splitlines()        # where Caffe stopped, then main's own line
+    assert last == f"caffe-tucker: {'interrupted' if sig == signal.SIGINT else 'terminated'}"
+    assert "Traceback" not in err
     states = {int(p.name.split("_iter_")[1].split(".")[0]): p
               for p in (out / "snapshots").glob("*.solverstate")}
     it = max(states)                    # the snapshot Caffe made when it was stopped
     state = states[it]
     assert 5 <= it < 100000, states
-    assert line.startswith(f"caffe-tucker: interrupted: Caffe stopped at iteration {it} of 100000")
+    assert line.startswith(f"caffe-tucker: Caffe stopped at iteration {it} of 100000")
     assert f"Caffe's last snapshot is {state}" in line
     assert f"'caffe-tucker finetune {out} --resume {state} --max-iter 100000'" in line
     # the interrupted run's set: its log, CSV, plot and last snapshot's weights
@@ -221,7 +223,7 @@ def test_finetune_bad_inputs(cli, out, tmp_path, monkeypatch):
     empty.mkdir()
     cases = [
         ([tmp_path / "nope"], "no such directory"),
-        ([out / "solver.prototxt"], "is a file, not a directory"),
+        ([out / "solver.prototxt"], "not a convert output directory (it is a file)"),
         ([empty], "no such solver"),
         ([out, "--resume", out / "snapshots" / "finetune_iter_7.solverstate"],
          "no such solver state"),
@@ -236,10 +238,10 @@ def test_an_unwritable_output_directory_is_refused_before_caffe_runs(cli, out, m
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("caffe_tucker.caffe.finetune.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("caffe_tucker.io.fsutil.tempfile.mkstemp", refuse)
     code, _, err = cli("finetune", out, "--caffe", fake("ok"))
     assert code == 1
-    assert f"{out}: cannot write in this directory (Permission denied)" in one_line(err)
+    assert f"{out / 'finetune.log'}: cannot write the output (permission denied)" in one_line(err)
     assert not (out / "snapshots").exists()
 
 

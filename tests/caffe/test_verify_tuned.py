@@ -173,7 +173,7 @@ def _bad_verify_inputs(tmp_path, converted, cifar):
     return [
         ("missing dir", ["verify", tmp_path / "nope"], "no such directory"),
         ("not a convert dir", ["verify", empty], "not a convert output directory"),
-        ("a file for the dir", ["verify", cifar], "is a file, not a directory"),
+        ("a file for the dir", ["verify", cifar], "not a convert output directory (it is a file)"),
         ("images: no folder", ["verify", converted, "--images", tmp_path / "nope"],
          "no such folder"),
         ("images: a file", ["verify", converted, "--images", cifar], "is a file, not a folder"),
