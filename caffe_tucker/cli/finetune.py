@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
-from caffe_tucker.caffe.finetune import CAFFE_ENV_VAR, FinetuneInterrupted, finetune
+from caffe_tucker.caffe.finetune import CAFFE_ENV_VAR, finetune
 from caffe_tucker.cli.args import int_in
 
 def add_parser(subparsers):
@@ -24,20 +23,14 @@ def add_parser(subparsers):
                    "(replaces the earlier run's log, CSV, plot and finetuned.caffemodel)")
     p.add_argument("--force", action="store_true",
                    help="replace the log, CSV, plot and finetuned.caffemodel of an earlier run")
-    # Where Caffe stopped is printed here, before the line and exit status main gives every
-    # interrupt; its prefix is the program's name, the first word of this parser's.
-    p.set_defaults(program=p.prog.split()[0])
     return p
 
 
 def run(args) -> int:
     caffe_cmd = args.caffe or os.environ.get(CAFFE_ENV_VAR) or "caffe"
-    try:
-        r = finetune(args.out_dir, caffe_cmd, gpu=args.gpu, max_iter=args.max_iter,
-                     resume=args.resume, force=args.force)
-    except FinetuneInterrupted as exc:
-        print(f"{args.program}: {exc}", file=sys.stderr)
-        raise
+    # An interrupt (FinetuneInterrupted) carries where Caffe stopped; main prints it.
+    r = finetune(args.out_dir, caffe_cmd, gpu=args.gpu, max_iter=args.max_iter,
+                 resume=args.resume, force=args.force)
     loss = "n/a" if r.final_loss is None else f"{r.final_loss:.4g}"
     acc = ("n/a" if r.final_accuracy is None
            else f"{r.final_accuracy:.4f} ({r.accuracy_name})")

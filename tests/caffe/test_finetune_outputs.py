@@ -186,15 +186,15 @@ def test_an_interrupt_names_the_snapshot_and_how_to_resume(cli, out, sig):
     code, _, err = cli("finetune", out, "--caffe", fake("slow"), "--max-iter", "100000")
     watcher.join()
     assert code == 128 + sig                      # 130 for Ctrl-C, 143 for SIGTERM
-    line, last = err.strip().splitlines()        # where Caffe stopped, then main's own line
-    assert last == f"caffe-tucker: {'interrupted' if sig == signal.SIGINT else 'terminated'}"
+    (line,) = err.strip().splitlines()           # one line: the interrupt and where Caffe stopped
+    assert line.startswith(f"caffe-tucker: {'interrupted' if sig == signal.SIGINT else 'terminated'}: ")
     assert "Traceback" not in err
     states = {int(p.name.split("_iter_")[1].split(".")[0]): p
               for p in (out / "snapshots").glob("*.solverstate")}
     it = max(states)                    # the snapshot Caffe made when it was stopped
     state = states[it]
     assert 5 <= it < 100000, states
-    assert line.startswith(f"caffe-tucker: Caffe stopped at iteration {it} of 100000")
+    assert f"Caffe stopped at iteration {it} of 100000" in line
     assert f"Caffe's last snapshot is {state}" in line
     assert f"'caffe-tucker finetune {out} --resume {state} --max-iter 100000'" in line
     # the interrupted run's set: its log, CSV, plot and last snapshot's weights
