@@ -15,7 +15,8 @@ import statistics
 
 import numpy as np
 
-from caffe_tucker.caffe.verify import NetPair
+from caffe_tucker.analysis.validate import check_allocation
+from caffe_tucker.caffe.verify import NetPair, forward_bytes
 from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.report.plots import png_bytes, pyplot
 
@@ -42,8 +43,13 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
 
     Each result is ``{"layers": [{"name", "method", "original_ms", "compressed_ms", "parts_ms",
     "speedup", "theoretical", "quotient"}], "total": {"original_ms", "compressed_ms",
-    "speedup", "theoretical", "quotient"}}``.
+    "speedup", "theoretical", "quotient"}}``.  A batch whose blobs would need more memory than
+    :func:`~caffe_tucker.analysis.validate.memory_limit` allows is refused before Caffe runs.
     """
+    largest = max(batches)
+    check_allocation(max(forward_bytes(pair.original, largest),
+                         forward_bytes(pair.compressed, largest)),
+                     f"bench --batch {largest}", "use a smaller --batch")
     original, compressed = pair.original.net, pair.compressed.net
     compressed_rows = {r.name: r for r in pair.record.compressed}
     out = {}

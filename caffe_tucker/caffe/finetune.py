@@ -7,9 +7,12 @@
 (``--snapshot FILE.solverstate`` instead of ``--weights`` to resume) as a subprocess whose working
 directory is the output directory.  ``solver_run.prototxt`` is a copy of the user's
 ``solver.prototxt`` (never modified) with ``max_iter`` overridden if asked and ``snapshot_prefix``
-moved under ``snapshots/``.  Caffe's log (glog, on stderr) is parsed as it streams: a progress bar,
+moved under ``snapshots/``.  Caffe's log (glog, on stderr) is parsed as it streams into a progress
+bar and a temporary file.  When Caffe ends, the run's products are written as one set:
 ``finetune.log`` (the whole log), ``finetune.csv`` and ``finetune.png`` (loss and test accuracy
-against iteration); the last snapshot is copied to ``finetuned.caffemodel``.
+against iteration) and ``finetuned.caffemodel`` (a copy of the last snapshot).  A run that fails
+leaves the earlier set as it was and keeps its own log as ``finetune.failed.log``; the set of an
+earlier run is replaced only with ``force``, or by a run that resumes it.
 
 ``caffe_cmd`` is a command prefix, split like a shell would, that runs the ``caffe`` binary:
 ``caffe``, ``docker run --rm -v "$PWD":/work -w /work caffe-tucker:cpu caffe`` (``$PWD`` and
@@ -27,9 +30,11 @@ stop on Ctrl-C) is :mod:`caffe_tucker.caffe.process`; the log is read by
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,19 +44,26 @@ from caffe_tucker.caffe.process import (CaffeCommand, LineReader, caffe_reason, 
                                         spawn_failure, stop)
 from caffe_tucker.caffe.train_log import TrainLog, csv_text, parse_log_line, read_csv
 from caffe_tucker.compress.finetune_files import solver_text
-from caffe_tucker.errors import CaffeTuckerError, InputFileError
-from caffe_tucker.io.fsutil import write_atomic
+from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
+from caffe_tucker.io.fsutil import check_writable, write_atomic
 from caffe_tucker.io.read import read_solver
 from caffe_tucker.report.plots import png_bytes, pyplot
 from caffe_tucker.report.progress import Progress
 
-__all__ = ["FinetuneResult", "finetune", "finetune_png", "caffe_argv",
-           "parse_log_line", "CAFFE_ENV_VAR"]
+__all__ = ["FinetuneResult", "FinetuneInterrupted", "finetune", "finetune_png", "caffe_argv",
+           "parse_log_line", "CAFFE_ENV_VAR", "PRODUCTS", "FAILED_LOG"]
 
 CAFFE_ENV_VAR = "CAFFE_TUCKER_CAFFE"
 SNAPSHOT_DIR = "snapshots"
 RUN_SOLVER = "solver_run.prototxt"
 LOG_TAIL_LINES = 200
+LOG = "finetune.log"
+TUNED = "finetuned.caffemodel"
+#: The outputs of one run, written as a set (see :func:`finetune`).
+PRODUCTS = (LOG, "finetune.csv", "finetune.png", TUNED, TUNED + ".h5")
+#: The log of the last run that failed (the earlier set is then left as it was).
+FAILED_LOG = "finetune.failed.log"
+_ITER = re.compile(r"_iter_(\d+)\.solverstate(?:\.h5)?$")
 
 
 @dataclass
@@ -127,38 +139,123 @@ def finetune_png(rows: list[dict], accuracy_name: str | None = None) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
+# The products of one run, written as a set
+
+def _stage(out: Path, name: str, chunks) -> Path:
+    """Write ``chunks`` (bytes or str) to a hidden temporary file in ``out``, for :func:`_commit`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in [chunks] if isinstance(chunks, (bytes, str)) else chunks:
+                fh.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        _discard(Path(tmp))
+        raise
+    return Path(tmp)
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _commit(out: Path, staged: dict[str, Path]) -> None:
+    """Move the staged files into place, and remove the products of an earlier run that this run
+    did not make, so that the directory holds one run's set, never a mix."""
+    for name, tmp in staged.items():
+        os.replace(tmp, out / name)
+    for name in PRODUCTS:
+        if name not in staged:
+            _discard(out / name)
+
+
+def _write_set(out: Path, log_tmp: Path, state: TrainLog, caffemodel: Path | None) -> dict:
+    """Stage and commit the set of a run whose log is ``log_tmp``: log, CSV and plot (when the
+    log has rows) and ``finetuned.caffemodel`` (a copy of ``caffemodel``, the last snapshot)."""
+    staged: dict[str, Path] = {}
+    try:
+        rows = state.sorted_rows()
+        if rows:
+            staged["finetune.csv"] = _stage(out, "finetune.csv", csv_text(rows))
+            staged["finetune.png"] = _stage(out, "finetune.png",
+                                            finetune_png(rows, state.accuracy_name))
+        if caffemodel is not None and caffemodel.is_file():
+            name = TUNED + (".h5" if caffemodel.name.endswith(".h5") else "")
+            staged[name] = _stage(out, name, _chunks(caffemodel))
+        staged[LOG] = log_tmp
+        _commit(out, staged)
+    except BaseException:
+        _discard(*(p for n, p in staged.items() if n != LOG))
+        raise
+    return {name: out / name for name in staged}
+
+
+def _last_solverstate(out: Path, command: CaffeCommand, state: TrainLog) -> tuple[Path | None, bool]:
+    """The solver state Caffe last snapshotted in this run (from its log), else the one of the
+    highest iteration in ``out/snapshots``; and whether it is this run's."""
+    for printed in reversed(state.snapshots):
+        path = command.host_path(printed, out)
+        if path.name.endswith((".solverstate", ".solverstate.h5")) and path.is_file():
+            return path, True
+
+    def iteration(p: Path) -> int:
+        m = _ITER.search(p.name)
+        return int(m.group(1)) if m else -1
+
+    found = sorted((out / SNAPSHOT_DIR).glob("*.solverstate*"), key=iteration)
+    return (found[-1] if found else None), False
+
+
+def _interrupted(out: Path, result: FinetuneResult, snapshot: Path | None, this_run: bool,
+                 ran: bool, wrote: bool, max_iter, gpu) -> str:
+    """The message of an interrupted run: where it stopped, its last snapshot, how to resume."""
+    where = (f"Caffe stopped at iteration {result.iterations} of {result.max_iter}" if ran
+             else "Caffe stopped before its first iteration")
+    kept = (f"; this run's log, CSV, plot and finetuned.caffemodel are in {out}" if wrote
+            else f"; its log is {out / FAILED_LOG}, the earlier outputs in {out} are untouched")
+    if snapshot is None:
+        return f"{where}, with no snapshot to resume from{kept}; hint: run finetune again"
+    flags = "".join(f" {k} {shlex.quote(str(v))}" for k, v in
+                    (("--max-iter", max_iter), ("--gpu", gpu)) if v)
+    earlier = "" if this_run else " (from an earlier run)"
+    resume = shlex.join(["caffe-tucker", "finetune", str(out), "--resume", str(snapshot)])
+    return (f"{where}; Caffe's last snapshot{earlier} is {snapshot}{kept}; hint: continue with "
+            f"'{resume}{flags}' (and the same --caffe)")
+
+
+class FinetuneInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM made one) stopped a fine-tuning run; the message
+    says where Caffe's last snapshot is and how to resume from it.
+
+    Attributes
+    ----------
+    result : FinetuneResult
+        What the run did up to the interrupt.
+    snapshot : Path or None
+        The solver state to ``--resume`` from.
+    """
+
+    def __init__(self, message: str, result: FinetuneResult, snapshot: Path | None):
+        super().__init__(message)
+        self.result = result
+        self.snapshot = snapshot
+
+
+# ---------------------------------------------------------------------------------------------
 # The run
 
-def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
-             progress=True) -> FinetuneResult:
-    """Fine-tune the compressed net of a ``convert`` output directory in real Caffe.
-
-    Parameters
-    ----------
-    out_dir : path
-        Holds ``solver.prototxt``, ``train_val.prototxt`` and ``weights.caffemodel``.
-    caffe_cmd : str, list or CaffeCommand
-        Command prefix that runs the ``caffe`` binary (see the module docstring).
-    gpu : str, optional
-        Passed as ``--gpu`` (``all``, ``0``, ``0,1``): needs a GPU build of Caffe.
-    max_iter : int, optional
-        Overrides the solver's ``max_iter``.
-    resume : path, optional
-        A ``.solverstate`` to continue from (``--snapshot``) instead of starting from the weights.
-    progress : bool
-        Draw a progress bar on stderr (when it is a terminal).
-
-    Raises
-    ------
-    CaffeTuckerError
-        On missing inputs, or when Caffe exits non-zero (one line: the command and Caffe's last
-        error line).  A KeyboardInterrupt stops Caffe (:func:`caffe_tucker.caffe.process.stop`:
-        SIGINT, so that it snapshots, then SIGTERM and SIGKILL) and is re-raised.
-    """
-    out = Path(out_dir)
+def _prepare(out: Path, resume, max_iter, force: bool):
+    """Check the inputs and the outputs before anything runs; returns the resume state path."""
     if not out.is_dir():
-        raise InputFileError(f"{out}: no such directory; hint: pass the output directory of "
-                             "'convert'")
+        what = "it is a file" if out.exists() else "no such directory"
+        raise InputFileError(f"{out}: not a convert output directory ({what}); hint: pass the "
+                             "output directory of 'convert'")
     solver_path = out / "solver.prototxt"
     if not solver_path.is_file():
         raise InputFileError(f"{solver_path}: no such solver; hint: is {out} an output directory "
@@ -175,9 +272,62 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
             resume = out / resume
     if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
         raise CaffeTuckerError(f"finetune: max_iter must be an int >= 1, got {max_iter!r}")
+    existing = [name for name in PRODUCTS if (out / name).exists()]
+    if existing and resume is None and not force:
+        raise OutputExistsError(f"{out / existing[0]}: already exists (an earlier run's "
+                                f"{', '.join(existing)}); hint: pass --force to replace that "
+                                "run's outputs, or --resume one of its snapshots to continue it")
+    check_writable(out / LOG)
+    return resume
+
+
+def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
+             progress=True, force: bool = False) -> FinetuneResult:
+    """Fine-tune the compressed net of a ``convert`` output directory in real Caffe.
+
+    Parameters
+    ----------
+    out_dir : path
+        Holds ``solver.prototxt``, ``train_val.prototxt`` and ``weights.caffemodel``.
+    caffe_cmd : str, list or CaffeCommand
+        Command prefix that runs the ``caffe`` binary (see the module docstring).
+    gpu : str, optional
+        Passed as ``--gpu`` (``all``, ``0``, ``0,1``): needs a GPU build of Caffe.
+    max_iter : int, optional
+        Overrides the solver's ``max_iter``.
+    resume : path, optional
+        A ``.solverstate`` to continue from (``--snapshot``) instead of starting from the weights.
+        A resumed run continues the earlier one, so it replaces its outputs without ``force``.
+    progress : bool
+        Draw a progress bar on stderr (when it is a terminal).
+    force : bool
+        Replace the outputs of an earlier run (:data:`PRODUCTS`); without it, and without
+        ``resume``, any of them existing is refused before Caffe runs.
+
+    The run's products (:data:`PRODUCTS`) are written as a set when Caffe ends: its log streams
+    to a temporary file, which is moved into place together with the CSV, the plot and
+    ``finetuned.caffemodel``; products of an earlier run that this one did not make are removed.
+    A failed run leaves the earlier set untouched and keeps its own log as
+    :data:`FAILED_LOG`.
+
+    Raises
+    ------
+    CaffeTuckerError
+        On missing inputs, existing outputs (without ``force`` or ``resume``), an output directory
+        that cannot be written, when Caffe exits non-zero (one line: the command, Caffe's last
+        error line and where its log is), or when the command ran no iteration and wrote no
+        snapshot (a ``--caffe`` that is not Caffe).
+    FinetuneInterrupted
+        A KeyboardInterrupt (Ctrl-C, or SIGTERM, which the command line turns into one) stops Caffe
+        (:func:`caffe_tucker.caffe.process.stop`: SIGINT, so that it snapshots, then SIGTERM and
+        SIGKILL); the run's set is written as for a finished run, and the message says where the
+        last snapshot is and how to ``--resume`` from it.
+    """
+    out = Path(out_dir)
+    resume = _prepare(out, resume, max_iter, force)
     command = _command(caffe_cmd, out)
 
-    solver = read_solver(solver_path)
+    solver = read_solver(out / "solver.prototxt")
     if max_iter is not None:
         solver.max_iter = max_iter
     prefix_name = Path(solver.snapshot_prefix).name if solver.snapshot_prefix else "finetune"
@@ -192,7 +342,7 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
     previous: dict[int, dict] = {}
     if resume is not None:
         args += ["--snapshot", command.path_for_caffe(resume, out)]
-        m = re.search(r"_iter_(\d+)\.solverstate(?:\.h5)?$", resume.name)
+        m = _ITER.search(resume.name)
         start = int(m.group(1)) if m else 0
         previous = {k: v for k, v in read_csv(out / "finetune.csv").items() if k <= start}
     else:
@@ -205,13 +355,14 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
     result = FinetuneResult(out_dir=out, command=argv, start_iteration=start,
                             max_iter=solver.max_iter)
     state = TrainLog(previous)
-    log_path = out / "finetune.log"
+    log_tmp = _stage(out, LOG, b"")
     t0 = time.monotonic()
     try:
         # glog to stderr only: no caffe.INFO files piling up in (the chroot's) /tmp
         proc = spawn(argv, cwd=out, env=child_env(GLOG_logtostderr="1"),
                      stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     except OSError as exc:
+        _discard(log_tmp)
         raise CaffeTuckerError(f"cannot run the caffe command '{shown}': "
                                f"{spawn_failure(exc, argv)}; hint: pass --caffe CMD or set "
                                f"{CAFFE_ENV_VAR}") from None
@@ -219,7 +370,7 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
     bar = Progress(solver.max_iter, "finetune")
     bar.enabled = bar.enabled and bool(progress)
     bar.done = start
-    with open(log_path, "w", encoding="utf-8") as log, bar:
+    with open(log_tmp, "w", encoding="utf-8") as log, bar:
 
         def handle(line: str) -> None:  # on the reader's thread
             log.write(line + "\n")
@@ -245,14 +396,8 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
             reader.join(30)
             log.flush()
             result.seconds = time.monotonic() - t0
-            rows = state.sorted_rows()
-            result.rows = rows
-            result.log = log_path
-            if rows:
-                result.csv = write_atomic(out / "finetune.csv", csv_text(rows), force=True)
-                result.png = write_atomic(out / "finetune.png",
-                                          finetune_png(rows, state.accuracy_name), force=True)
 
+    result.rows = state.sorted_rows()
     result.snapshots = [command.host_path(p, out) for p in state.snapshots]
     result.iterations = state.last_iter if state.last_iter is not None else start
     result.done = state.done
@@ -261,21 +406,46 @@ def finetune(out_dir, caffe_cmd="caffe", gpu=None, max_iter=None, resume=None,
     accs = [r["test_accuracy"] for r in result.rows if r["test_accuracy"] is not None]
     result.final_loss = losses[-1] if losses else None
     result.final_accuracy = accs[-1] if accs else None
-    if interrupted:
-        raise KeyboardInterrupt
-    if reader.error is not None:
-        raise CaffeTuckerError(f"cannot follow the caffe log into {log_path}: "
-                               f"{reader.error}") from reader.error
-    if proc.returncode != 0:
-        reason = one_line(caffe_reason(reader.lines(), where=""), 600)
-        raise CaffeTuckerError(f"caffe failed ({describe_status(proc.returncode)}): {shown}: "
-                               f"{reason}; see {log_path}")
+    ran = state.last_iter is not None or bool(state.snapshots) or state.done
     final = next((p for p in reversed(result.snapshots)
                   if p.name.endswith((".caffemodel", ".caffemodel.h5"))), None)
-    if final is not None and final.is_file():
-        name = "finetuned.caffemodel" + (".h5" if final.name.endswith(".h5") else "")
-        result.caffemodel = write_atomic(out / name, _chunks(final), force=True)
+    earlier = [name for name in PRODUCTS if (out / name).exists()]
+    untouched = (f"; the earlier {', '.join(earlier)} are untouched" if earlier else "")
+
+    def failed(message: str, hint: str = "") -> CaffeTuckerError:
+        os.replace(log_tmp, out / FAILED_LOG)
+        return CaffeTuckerError(f"{message}; its log is {out / FAILED_LOG}{untouched}"
+                                + (f"; hint: {hint}" if hint else ""))
+
+    if interrupted:
+        wrote = ran
+        if wrote:
+            _use(result, _write_set(out, log_tmp, state, final))
+        else:
+            os.replace(log_tmp, out / FAILED_LOG)
+        snapshot, this_run = _last_solverstate(out, command, state)
+        raise FinetuneInterrupted(_interrupted(out, result, snapshot, this_run,
+                                               state.last_iter is not None, wrote, max_iter, gpu),
+                                  result, snapshot)
+    if reader.error is not None:
+        raise failed(f"cannot follow the caffe log: {reader.error}") from reader.error
+    if proc.returncode != 0:
+        reason = one_line(caffe_reason(reader.lines(), where=""), 600)
+        raise failed(f"caffe failed ({describe_status(proc.returncode)}): {shown}: {reason}")
+    if not ran:
+        raise failed(f"the caffe command '{shown}' exited 0 but ran no iteration and wrote no "
+                     "snapshot", "--caffe must run Caffe's caffe binary, e.g. 'caffe' or "
+                     "'chroot /opt/caffe-root caffe'")
+    _use(result, _write_set(out, log_tmp, state, final))
     return result
+
+
+def _use(result: FinetuneResult, written: dict) -> None:
+    """Record the paths of the set :func:`_write_set` wrote in ``result``."""
+    result.log = written.get(LOG)
+    result.csv = written.get("finetune.csv")
+    result.png = written.get("finetune.png")
+    result.caffemodel = written.get(TUNED) or written.get(TUNED + ".h5")
 
 
 def _chunks(path: Path, size: int = 1 << 22):

@@ -23,7 +23,8 @@ _LOSS = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUM)
 _LR = re.compile(r"\] Iteration (\d+), lr = " + _NUM)
 _TESTING = re.compile(r"\] Iteration (\d+), Testing net \(#(\d+)\)")
 _TEST_OUT = re.compile(r"\]\s+Test net output #(\d+): (\S+) = " + _NUM)
-_SNAPSHOT = re.compile(r"\] Snapshotting to (?:binary proto|HDF5) file (\S+)")
+_SNAPSHOT = re.compile(r"\] Snapshotting (?:solver state )?to (?:binary proto|HDF5) file (\S+)")
+_SNAPSHOT_ITER = re.compile(r"_iter_(\d+)\.(?:caffemodel|solverstate)(?:\.h5)?$")
 _DONE = re.compile(r"\] Optimization Done\.")
 
 
@@ -80,11 +81,12 @@ class TrainLog:
         log did not say it.  Accuracy is of test net #0, from the output :func:`accuracy_rank`
         prefers.
     snapshots : list of str
-        The files Caffe snapshotted to, as it printed them.
+        The files Caffe snapshotted to (weights and solver states), as it printed them.
     done : bool
         Caffe printed ``Optimization Done.``.
     last_iter, last_loss, last_accuracy
-        The latest iteration, training loss and test accuracy seen (None before any).
+        The latest iteration (displayed, tested or snapshotted), training loss and test accuracy
+        seen (None before any).
     accuracy_name : str or None
         Which test output is taken as the accuracy.
     """
@@ -137,6 +139,11 @@ class TrainLog:
                 self.last_accuracy = value
         elif kind == "snapshot":
             self.snapshots.append(event[1])
+            # Caffe names snapshots after their iteration; the last one may be later than the
+            # last iteration it displayed
+            m = _SNAPSHOT_ITER.search(event[1])
+            if m and (self.last_iter is None or int(m.group(1)) > self.last_iter):
+                self.last_iter = int(m.group(1))
         elif kind == "done":
             self.done = True
 

@@ -1,24 +1,34 @@
 """Stage 7a, verify: the compressed net against the original, in real Caffe.
 
-Two comparisons, both run by Caffe itself through :mod:`caffe_tucker.caffe.pycaffe`:
+Two checks, both run by Caffe itself through :mod:`caffe_tucker.caffe.pycaffe`:
 
-1. **Approximation**: the original and the compressed net on the same inputs
-   (random, or images preprocessed as the zoo metadata says): per output
-   blob the largest absolute and relative difference and, for classifiers,
-   how often the top-1 class and the top-5 set agree.  This measures what
-   compression cost; it is reported, not judged.
-2. **Decomposition** (PASSED/FAILED): the compressed net must compute exactly
+1. **Approximation** (measured): the original and the compressed net on the
+   same inputs (random, or images preprocessed as the zoo metadata says): per
+   output blob the largest absolute and relative difference and, for
+   classifiers, how often the top-1 class and the top-5 set agree.  This
+   measures what compression (and fine-tuning) cost; it is reported, not
+   judged.
+2. **Decomposition** (passed/failed): the compressed net must compute exactly
    what the original net computes with each compressed kernel replaced by
    the kernel its factors stand for (its Tucker/SVD reconstruction).  A
-   difference beyond float tolerance here is a bug, not approximation.
+   difference beyond float tolerance here is a bug, not approximation.  It
+   does not apply to fine-tuned weights (``tuned``): fine-tuning rightly
+   changes the factors, which then reconstruct no kernel of the original.
 
 Both nets and the :class:`~caffe_tucker.compress.record.CompressionRecord`
 come from :func:`load_pair`: a ``convert`` output directory (its
-``report.json``), or four files (the record is then told from the nets).
+``report.json``; with ``tuned``, its ``finetuned.caffemodel``), or four files
+(the record is then told from the nets).  What ran, and how it came out, is
+a :class:`Check` per :class:`CheckKind` in the :class:`VerifyResult`.
+
+Before anything is allocated, the memory the inputs and Caffe's blobs will
+take is estimated (:func:`forward_bytes`) and refused above
+:func:`caffe_tucker.analysis.validate.memory_limit`.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -26,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from caffe_tucker.analysis.validate import check_allocation
 from caffe_tucker.compress.methods import get_method
 from caffe_tucker.compress.record import CompressionRecord, read_record, record_from_nets
 from caffe_tucker.errors import CaffeTuckerError, InputFileError
@@ -33,22 +44,32 @@ from caffe_tucker.graph import Net
 from caffe_tucker.model import Model, load_model
 from caffe_tucker.zoo import zoo_model
 
-__all__ = ["BlobComparison", "VerifyResult", "NetPair", "load_pair", "verify",
-           "reconstructed_original", "load_images", "compare_outputs", "net_outputs",
-           "DECOMPOSITION_TOLERANCE"]
+__all__ = ["BlobComparison", "Check", "CheckKind", "Status", "VerifyResult", "NetPair",
+           "load_pair", "verify", "reconstructed_original", "image_files", "load_images",
+           "compare_outputs", "net_outputs", "forward_bytes", "DECOMPOSITION_TOLERANCE",
+           "TUNED_WEIGHTS"]
 
 #: The decomposition check fails beyond this relative difference.
 DECOMPOSITION_TOLERANCE = 1e-4
 
+#: The weights ``finetune`` writes into a convert output directory.
+TUNED_WEIGHTS = "finetuned.caffemodel"
+
 
 @dataclass(frozen=True, eq=False)
 class NetPair:
-    """An original net, its compressed version, and the record that links them."""
+    """An original net, its compressed version, and the record that links them.
+
+    ``tuned`` says that the compressed net's weights are fine-tuned ones
+    (``compressed.weights`` names the file), so its factors are not expected
+    to reconstruct the original's kernels.
+    """
 
     original: Model
     compressed: Model
     record: CompressionRecord
     out_dir: Path | None = None
+    tuned: bool = False
 
     @property
     def preprocess(self) -> dict | None:
@@ -59,27 +80,85 @@ class NetPair:
         return zoo_model(preset).get("preprocess")
 
 
-def load_pair(paths) -> NetPair:
-    """``[out_dir]`` or ``[orig.prototxt, orig.caffemodel, new.prototxt, new.caffemodel]``."""
+def load_pair(paths, tuned: bool = False) -> NetPair:
+    """``[out_dir]`` or ``[orig.prototxt, orig.caffemodel, new.prototxt, new.caffemodel]``.
+
+    With ``tuned``, the compressed weights are ``out_dir/finetuned.caffemodel``
+    (directory form) or the given ``new.caffemodel``, and are taken as fine-tuned.
+
+    Raises
+    ------
+    CaffeTuckerError
+        One line, when the files are not an original net and its compressed
+        version: missing files, weights that do not fit, different inputs, or
+        an original layer the compressed net neither has nor replaces.
+    """
     paths = [Path(p) for p in paths]
     if len(paths) == 1:
         out = paths[0]
+        if not out.is_dir():
+            what = "it is a file" if out.exists() else "no such directory"
+            raise InputFileError(f"{out}: not a convert output directory ({what}); hint: pass "
+                                 "the output directory of 'convert', or the four files")
         record = read_record(out)
-        compressed = load_model(out / "deploy.prototxt", out / "weights.caffemodel")
+        weights = out / (TUNED_WEIGHTS if tuned else "weights.caffemodel")
+        if tuned and not weights.is_file():
+            raise InputFileError(f"{weights}: missing, so there are no fine-tuned weights to "
+                                 f"verify; hint: run 'finetune {out}' first, or leave out --tuned")
+        compressed = load_model(out / "deploy.prototxt", weights)
         if record.source_prototxt is None or record.source_weights is None:
             raise InputFileError(f"{out / 'report.json'}: names no source net; hint: give the four "
                                  "files instead")
         original = load_model(record.source_prototxt, record.source_weights, deploy=True,
                               data_shapes=dict(compressed.shapes.inputs))
-        return NetPair(original, compressed, record, out)
+        _check_pair(original, compressed, record)
+        return NetPair(original, compressed, record, out, tuned)
     if len(paths) == 4:
         compressed = load_model(paths[2], paths[3])
         original = load_model(paths[0], paths[1], deploy=True,
                               data_shapes=dict(compressed.shapes.inputs))
-        return NetPair(original, compressed, record_from_nets(original, compressed))
+        record = record_from_nets(original, compressed)
+        _check_pair(original, compressed, record)
+        return NetPair(original, compressed, record, tuned=tuned)
     raise CaffeTuckerError(f"verify and bench take an output directory or four files (original "
                            f"prototxt and caffemodel, compressed prototxt and caffemodel), got "
                            f"{len(paths)}")
+
+
+def _check_pair(original: Model, compressed: Model, record: CompressionRecord) -> None:
+    """Refuse two nets that are not an original and its compressed version (one line)."""
+    o_in, c_in = original.shapes.inputs, compressed.shapes.inputs
+    hint = ("hint: give the original net and its compressed version (the deploy.prototxt and a "
+            "caffemodel of one convert output directory)")
+    if set(o_in) != set(c_in):
+        raise CaffeTuckerError(f"{compressed.prototxt}: the nets have different inputs: "
+                               f"{sorted(o_in)} in the original {original.prototxt}, "
+                               f"{sorted(c_in)} in the compressed net; {hint}")
+    for name, shape in o_in.items():
+        if tuple(c_in[name][1:]) != tuple(shape[1:]):  # the batch is verify's and bench's own
+            raise CaffeTuckerError(f"{compressed.prototxt}: input '{name}' is {list(shape)} in "
+                                   f"the original {original.prototxt} but {list(c_in[name])} in "
+                                   f"the compressed net; {hint}")
+    replaced = {r.name: r for r in record.compressed}
+    present = {l.name: l for l in compressed.net.layers}
+    for layer in original.net.layers:
+        r = replaced.get(layer.name)
+        if r is not None:
+            missing = [n for n in r.new_layers if n not in present]
+            if missing:
+                raise CaffeTuckerError(f"{compressed.prototxt}: layer '{missing[0]}', which "
+                                       f"replaces '{layer.name}' of the original, is missing; "
+                                       f"{hint}")
+            continue
+        other = present.get(layer.name)
+        if other is None:
+            raise CaffeTuckerError(f"{compressed.prototxt}: layer '{layer.name}' of the original "
+                                   f"{original.prototxt} is neither in the compressed net nor "
+                                   f"replaced by {layer.name}_tk1... layers; {hint}")
+        if other.type != layer.type:
+            raise CaffeTuckerError(f"{compressed.prototxt}: layer '{layer.name}' is a "
+                                   f"{other.type} here but a {layer.type} in the original "
+                                   f"{original.prototxt}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -97,20 +176,122 @@ class BlobComparison:
                 "top5_agreement": self.top5}
 
 
+class CheckKind(enum.Enum):
+    """The two checks of :func:`verify` (see the module docstring)."""
+
+    APPROXIMATION = "approximation"
+    DECOMPOSITION = "decomposition"
+
+
+class Status(enum.Enum):
+    """How a check came out."""
+
+    MEASURED = "measured"                  # reported, not judged (the approximation)
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_APPLICABLE = "not applicable"      # did not run (the decomposition of tuned weights)
+
+
 @dataclass(frozen=True)
-class VerifyResult:
-    approximation: tuple[BlobComparison, ...]
-    decomposition: tuple[BlobComparison, ...]
-    compressed_layers: tuple[str, ...]
-    inputs: dict
-    passed: bool
+class Check:
+    """One check: what it compared (one row per output blob) and how it came out."""
+
+    kind: CheckKind
+    status: Status
+    comparisons: tuple[BlobComparison, ...] = ()
+    reason: str | None = None              # why a check is not applicable
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "tolerance": DECOMPOSITION_TOLERANCE,
+        return {"check": self.kind.value, "status": self.status.value, "reason": self.reason,
+                "comparisons": [c.to_dict() for c in self.comparisons]}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What :func:`verify` ran and found.
+
+    ``checks`` holds one :class:`Check` per :class:`CheckKind`, in that order;
+    ``weights`` is the compressed net's caffemodel and ``tuned`` whether it was
+    taken as fine-tuned.
+    """
+
+    checks: tuple[Check, ...]
+    compressed_layers: tuple[str, ...]
+    inputs: dict
+    weights: Path | None = None
+    tuned: bool = False
+
+    def check(self, kind: CheckKind) -> Check:
+        return next(c for c in self.checks if c.kind is kind)
+
+    @property
+    def approximation(self) -> tuple[BlobComparison, ...]:
+        return self.check(CheckKind.APPROXIMATION).comparisons
+
+    @property
+    def decomposition(self) -> tuple[BlobComparison, ...]:
+        """The decomposition check's comparisons (none when it did not apply)."""
+        return self.check(CheckKind.DECOMPOSITION).comparisons
+
+    @property
+    def verdict(self) -> Status:
+        """FAILED when a check failed, else PASSED when one passed, else MEASURED (nothing was
+        judged: the decomposition check did not apply)."""
+        statuses = {c.status for c in self.checks}
+        for status in (Status.FAILED, Status.PASSED):
+            if status in statuses:
+                return status
+        return Status.MEASURED
+
+    @property
+    def passed(self) -> bool:
+        """No check failed."""
+        return self.verdict is not Status.FAILED
+
+    def rows(self) -> list[dict]:
+        """One report row per check and output blob (``check``, ``result`` and
+        :meth:`BlobComparison.to_dict`'s keys); a check that did not apply is one row."""
+        label = {CheckKind.APPROXIMATION: "vs original",
+                 CheckKind.DECOMPOSITION: "vs reconstruction"}
+        rows = []
+        for check in self.checks:
+            if check.status is Status.NOT_APPLICABLE:
+                rows.append({"check": label[check.kind], "result": "not applicable (fine-tuned)"})
+                continue
+            for c in check.comparisons:
+                if check.kind is CheckKind.APPROXIMATION:
+                    outcome = Status.MEASURED.value
+                else:
+                    outcome = "passed" if c.max_rel <= DECOMPOSITION_TOLERANCE else "FAILED"
+                rows.append({"check": label[check.kind], "result": outcome, **c.to_dict()})
+        return rows
+
+    def verdict_line(self) -> str:
+        """The verdict in words, and what was checked."""
+        if self.verdict is Status.FAILED:
+            worst = max(c.max_rel for c in self.decomposition)
+            return (f"FAILED: the compressed net does not compute its own decomposition (max rel. "
+                    f"difference {worst:.3g} > {DECOMPOSITION_TOLERANCE:g}: a bug, not "
+                    "approximation; if the weights are fine-tuned, verify them with --tuned)")
+        if self.verdict is Status.PASSED:
+            return (f"PASSED: the compressed net computes its own decomposition (within "
+                    f"{DECOMPOSITION_TOLERANCE:g} relative of the original with reconstructed "
+                    "kernels); the approximation above is measured, not judged")
+        return (f"MEASURED: fine-tuned weights {self.weights} against the original: approximation "
+                "and top-1/top-5 agreement above; the decomposition check does not apply to "
+                "fine-tuned weights")
+
+    def to_dict(self) -> dict:
+        decomposition = self.check(CheckKind.DECOMPOSITION)
+        return {"verdict": self.verdict.value, "passed": self.passed, "tuned": self.tuned,
+                "weights": None if self.weights is None else str(self.weights),
+                "tolerance": DECOMPOSITION_TOLERANCE,
                 "compressed_layers": list(self.compressed_layers),
                 "inputs": {k: list(v) for k, v in self.inputs.items()},
+                "checks": {c.kind.value: c.status.value for c in self.checks},
                 "approximation": [c.to_dict() for c in self.approximation],
-                "decomposition": [c.to_dict() for c in self.decomposition]}
+                "decomposition": (None if decomposition.status is Status.NOT_APPLICABLE
+                                  else [c.to_dict() for c in decomposition.comparisons])}
 
 
 def _is_classifier(a: np.ndarray) -> bool:
@@ -159,24 +340,61 @@ def reconstructed_original(pair: NetPair) -> Net:
     return original.net.with_layers(layers)
 
 
-def load_images(directory, shape: tuple, preprocess: dict | None, limit: int | None = None) -> np.ndarray:
+def image_files(directory) -> list[Path]:
+    """The files of an ``--images`` folder, in name order (hidden files and subfolders left out).
+
+    Raises
+    ------
+    InputFileError
+        When the folder is missing, is a file, cannot be read, or holds no files.
+    """
+    d = Path(directory)
+    hint = "hint: --images takes a folder of images (.jpg, .png, .bmp, .ppm, .pgm, ...)"
+    if not d.exists():
+        raise InputFileError(f"{d}: no such folder; {hint}")
+    if not d.is_dir():
+        raise InputFileError(f"{d}: is a file, not a folder; {hint}")
+    try:
+        files = sorted(p for p in d.iterdir() if not p.name.startswith(".") and p.is_file())
+    except OSError as exc:
+        raise InputFileError(f"{d}: cannot list the folder ({exc.strerror or exc})") from None
+    if not files:
+        raise InputFileError(f"{d}: no images found; {hint}")
+    return files
+
+
+def _read_image(path: Path, mode: str) -> Image.Image:
+    """One image decoded in ``mode``, or a one-line error naming the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    # Pillow's decoders raise many kinds of exception on bad bytes (OSError, SyntaxError,
+    # EOFError, struct.error, DecompressionBombError ...): each means this file is not an image.
+    except Exception as exc:  # noqa: BLE001
+        reason = "not an image Pillow can read" if isinstance(exc, Image.UnidentifiedImageError) \
+            else f"{type(exc).__name__}: {exc}"
+        raise InputFileError(f"{path}: cannot read it as an image ({reason}); hint: --images "
+                             "reads every file of its folder, so move other files out") from None
+
+
+def load_images(directory, shape: tuple, preprocess: dict | None, limit: int | None = None,
+                files: list[Path] | None = None) -> np.ndarray:
     """Images of a directory as a Caffe input batch (N, C, H, W), preprocessed like the zoo model.
 
-    Each image is resized so its shorter side is ``preprocess['resize']`` (or
-    the crop size), center-cropped to the net's H×W, converted to BGR (Caffe's
-    channel order; grayscale for one-channel nets), mean-subtracted and scaled.
+    Every file of the folder (:func:`image_files`, or ``files`` when given) must
+    be an image.  Each is resized so its shorter side is
+    ``preprocess['resize']`` (or the crop size), center-cropped to the net's
+    H×W, converted to BGR (Caffe's channel order; grayscale for one-channel
+    nets), mean-subtracted and scaled.
     """
-    paths = sorted(p for p in Path(directory).iterdir()
-                   if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm"))
-    if not paths:
-        raise InputFileError(f"{directory}: no images (.jpg, .png, .bmp, .ppm, .pgm) found")
+    paths = files if files is not None else image_files(directory)
     paths = paths[:limit] if limit else paths
     pre = preprocess or {}
     _, c, h, w = shape
     resize = pre.get("resize") or max(h, w)
     batch = []
     for p in paths:
-        img = Image.open(p).convert("L" if c == 1 else "RGB")
+        img = _read_image(p, "L" if c == 1 else "RGB")
         scale = resize / min(img.size)
         img = img.resize((max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))),
                          Image.BILINEAR)
@@ -190,33 +408,68 @@ def load_images(directory, shape: tuple, preprocess: dict | None, limit: int | N
     return np.stack(batch)
 
 
+def forward_bytes(model: Model, batch: int) -> int:
+    """Bytes of every blob Caffe holds for a forward pass of ``batch`` samples (float32; the
+    first axis of each blob taken as the batch)."""
+    per_sample = sum(prod(shape[1:]) for shape in model.shapes.blobs.values() if shape)
+    return 4 * batch * per_sample
+
+
+def _check_memory(pair: NetPair, batch: int, what: str, hint: str) -> None:
+    """Refuse a verify of ``batch`` samples whose inputs and blobs would not fit in memory:
+    the inputs (here, and their copy on the way to Caffe) and the larger net's blobs in Caffe
+    (one net is loaded at a time)."""
+    inputs = 4 * batch * sum(prod(s[1:]) for s in pair.original.shapes.inputs.values())
+    nbytes = 2 * inputs + max(forward_bytes(pair.original, batch),
+                              forward_bytes(pair.compressed, batch))
+    check_allocation(nbytes, what, hint)
+
+
+def _decomposition(pair: NetPair, runtime, inputs: dict, outputs: list[str], got: dict) -> Check:
+    if pair.tuned:
+        return Check(CheckKind.DECOMPOSITION, Status.NOT_APPLICABLE,
+                     reason="fine-tuned weights: fine-tuning changes the factors, so they no "
+                     "longer reconstruct the original kernels")
+    recon = runtime.forward(reconstructed_original(pair), None, inputs, blobs=outputs)
+    comparisons = compare_outputs(recon, got)
+    ok = all(c.max_rel <= DECOMPOSITION_TOLERANCE for c in comparisons)
+    return Check(CheckKind.DECOMPOSITION, Status.PASSED if ok else Status.FAILED, comparisons)
+
+
 def verify(runtime, pair: NetPair, images=None, random: int = 2, seed: int = 0) -> VerifyResult:
-    """Run both comparisons in Caffe; see the module docstring."""
-    o_shapes, c_shapes = pair.original.shapes, pair.compressed.shapes
-    if set(o_shapes.inputs) != set(c_shapes.inputs):
-        raise CaffeTuckerError(f"the nets have different inputs: {sorted(o_shapes.inputs)} vs "
-                               f"{sorted(c_shapes.inputs)}")
-    for name, shape in o_shapes.inputs.items():
-        if tuple(c_shapes.inputs[name]) != tuple(shape):
-            raise CaffeTuckerError(f"input '{name}' is {list(shape)} in the original but "
-                                   f"{list(c_shapes.inputs[name])} in the compressed net")
+    """Run the checks in Caffe; see the module docstring.
+
+    Raises
+    ------
+    CaffeTuckerError
+        For unreadable ``images``, or inputs whose blobs would need more memory than
+        :func:`~caffe_tucker.analysis.validate.memory_limit` allows (checked before anything is
+        allocated).
+    """
+    o_shapes = pair.original.shapes
+    files = None
+    if images is not None:
+        files = image_files(images)
+        _check_memory(pair, len(files), f"verify --images {images} ({len(files)} files)",
+                      "use a folder with fewer images")
+    else:
+        _check_memory(pair, random, f"verify --random {random}", "use a smaller --random")
     rng = np.random.default_rng(seed)
     inputs = {}
     for name, shape in o_shapes.inputs.items():
-        if images is not None and not inputs:
-            inputs[name] = load_images(images, tuple(shape), pair.preprocess)
+        if files is not None and not inputs:
+            inputs[name] = load_images(images, tuple(shape), pair.preprocess, files=files)
         else:
-            inputs[name] = rng.standard_normal((random,) + tuple(shape[1:])).astype(np.float32)
+            n = len(files) if files is not None else random
+            inputs[name] = rng.standard_normal((n,) + tuple(shape[1:])).astype(np.float32)
     outputs = net_outputs(pair.original.net)
     ref = runtime.forward(pair.original.net, None, inputs, blobs=outputs)
     got = runtime.forward(pair.compressed.net, None, inputs, blobs=outputs)
-    recon = runtime.forward(reconstructed_original(pair), None, inputs, blobs=outputs)
-    approximation = compare_outputs(ref, got)
-    decomposition = compare_outputs(recon, got)
-    passed = all(c.max_rel <= DECOMPOSITION_TOLERANCE for c in decomposition)
-    return VerifyResult(approximation=approximation, decomposition=decomposition,
+    approximation = Check(CheckKind.APPROXIMATION, Status.MEASURED, compare_outputs(ref, got))
+    return VerifyResult(checks=(approximation, _decomposition(pair, runtime, inputs, outputs, got)),
                         compressed_layers=tuple(r.name for r in pair.record.compressed),
-                        inputs={k: v.shape for k, v in inputs.items()}, passed=passed)
+                        inputs={k: v.shape for k, v in inputs.items()},
+                        weights=pair.compressed.weights, tuned=pair.tuned)
 
 
 def net_outputs(net: Net) -> list[str]:

@@ -148,9 +148,10 @@ def main(argv=None) -> int:
             raise
         _silence_stdout()
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             traceback.print_exc()
         terminated = signals.received
-        print(f"{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        detail = f": {exc}" if str(exc) else ""     # e.g. where fine-tuning stopped
+        print(f"{PROG}: {'terminated' if terminated else 'interrupted'}{detail}", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED

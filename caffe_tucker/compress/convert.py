@@ -18,13 +18,14 @@ from caffe_tucker.analysis.shapes import ShapeInfo, infer_shapes
 from caffe_tucker.compress.decompose import Decomposition, decompose_layer
 from caffe_tucker.compress.methods import DecompositionFailed, get_method
 from caffe_tucker.compress.finetune_files import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES,
-                                                  build_solver, build_train_val, solver_text)
+                                                  build_solver, build_train_val, check_train_val,
+                                                  data_batch_size, solver_text)
 from caffe_tucker.compress.plan import detect_preset, make_plan
 from caffe_tucker.compress.ranks import (RankChoice, check_manual_ranks, select_ranks,
                                          split_ranks_entries)
 from caffe_tucker.compress.record import CompressionRecord, LayerRecord, Totals
 from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
-from caffe_tucker.errors import CaffeTuckerError, InputFileError
+from caffe_tucker.errors import CaffeTuckerError, InputFileError, where
 from caffe_tucker.graph import Net
 from caffe_tucker.io.caffe_pb2 import SolverParameter
 from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
@@ -106,11 +107,21 @@ def _prepare(prototxt, weights, options: ConvertOptions):
             raise InputFileError(
                 f"{prototxt}: no weights given and no {Path(prototxt).with_suffix('.caffemodel').name} "
                 "beside it; hint: pass --weights W.caffemodel (or make random ones with 'init')")
+    if options.train_val is not None and (options.train_source or options.val_source):
+        raise CaffeTuckerError(f"--train-val {options.train_val} and --train-source/--val-source "
+                               "do not go together: the fine-tuning net is your train_val, which "
+                               "reads the sources its data layers name; hint: set them there, "
+                               "or leave out --train-val to have a train_val built")
     model = load_model(prototxt, weights, input_shapes=options.input_shapes, deploy=True,
                        strict=True)
     if model.from_train_val and options.train_val is None:
         # A train_val (e.g. train_test.prototxt) given as the net: compress its TEST-phase
         # deploy, and rewrite the file itself as the fine-tuning net.
+        if options.train_source or options.val_source:
+            raise CaffeTuckerError(f"{prototxt}: a train_val net, which becomes the fine-tuning "
+                                   "net with the sources its data layers name, so "
+                                   "--train-source/--val-source do not apply; hint: set the "
+                                   "sources in it, or convert its deploy net instead")
         options = replace(options, train_val=str(prototxt))
     net, shapes = model.net, model.shapes
     preset = options.preset or detect_preset(net)
@@ -141,13 +152,36 @@ def _prepare(prototxt, weights, options: ConvertOptions):
         if not net.layer(name).blobs:
             raise CaffeTuckerError(f"{net.source}: layer '{name}' has no weights in {weights}; hint: "
                                    "is the caffemodel for this net?")
-    return model, preset, plan, fixed, options
+    return model, preset, plan, fixed, options, _user_train_val(options, net, plan)
+
+
+def _user_train_val(options: ConvertOptions, net: Net, plan) -> tuple | None:
+    """The user's train_val (``--train-val``, or the train_val given as the net) checked against
+    the deploy, with the batch sizes of its TRAIN and TEST data layers; None when there is none.
+
+    Raises
+    ------
+    CaffeTuckerError
+        When a layer to compress differs from the deploy's (:func:`check_train_val`), or
+        ``--batch-size`` contradicts the TRAIN data layer's batch size.
+    """
+    if options.train_val is None:
+        return None
+    tv = read_prototxt(options.train_val)
+    check_train_val(tv, net, plan)
+    train, test = data_batch_size(tv.for_state("TRAIN")), data_batch_size(tv.for_state("TEST"))
+    if train is not None and options.batch_size is not None and options.batch_size != train[1]:
+        raise CaffeTuckerError(f"{where(tv.source, train[0].line, train[0].name)}reads batches of "
+                               f"{train[1]}, but --batch-size is {options.batch_size}; hint: the "
+                               "train_val's batch sizes make the solver's epochs: leave out "
+                               "--batch-size, or change batch_size in the train_val")
+    return tv, train[1] if train else None, test[1] if test else None
 
 
 def choose_ranks(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
                  progress: bool = True):
     """Stages load → plan → select ranks; returns ``(model, preset, choices)``."""
-    model, preset, plan, fixed, options = _prepare(prototxt, weights, options)
+    model, preset, plan, fixed, options, _ = _prepare(prototxt, weights, options)
     with Progress(len(plan), "ranks") as bar:
         choices = select_ranks(model.net, model.shapes, plan, options.rank_method, options.weaken,
                                fixed, progress=bar if progress else None,
@@ -169,7 +203,7 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     """
     timings = {}
     t0 = time.perf_counter()
-    model, preset, plan, fixed, options = _prepare(prototxt, weights, options)
+    model, preset, plan, fixed, options, user_train_val = _prepare(prototxt, weights, options)
     net, shapes = model.net, model.shapes
     timings["read"] = time.perf_counter() - t0
 
@@ -202,13 +236,17 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     compressed_shapes = infer_shapes(compressed)
     meta = _zoo_meta(preset)
     batch = options.batch_size or (meta or {}).get("finetune", {}).get("batch_size") or 32
-    if options.train_val:
-        tv = read_prototxt(options.train_val)
+    val_batch = None
+    if user_train_val is not None:
+        # the user's train_val: its own data layers' batch sizes make the solver's epochs
+        tv, train_batch, val_batch = user_train_val
+        batch = train_batch or batch
         train_val = rewrite_net(tv, {n: r.without_blobs() for n, r in replacements.items()})
     else:
         train_val = build_train_val(compressed, batch, (meta or {}).get("preprocess"),
                                     options.train_source, options.val_source)
-    solver = build_solver(batch, options.train_images, options.val_images, options.epochs)
+    solver = build_solver(batch, options.train_images, options.val_images, options.epochs,
+                          val_batch_size=val_batch)
     record = _build_record(model, preset, choices, decompositions, compressed, compressed_shapes,
                            options)
     timings["rewrite"] = time.perf_counter() - t0

@@ -150,9 +150,10 @@ def _percent(v) -> str:
 
 def verify_columns() -> list[Column]:
     """Columns of the ``verify`` report (one row per check and output blob)."""
-    return [Column("check", "check"), Column("blob", "blob"), Column("max abs", "max_abs", _g3, ">"),
-            Column("max rel", "max_rel", _g3, ">"), Column("top-1 agree", "top1_agreement", _percent, ">"),
-            Column("top-5 agree", "top5_agreement", _percent, ">")]
+    return [Column("check", "check"), Column("blob", "blob", _or_blank),
+            Column("max abs", "max_abs", _g3, ">"), Column("max rel", "max_rel", _g3, ">"),
+            Column("top-1 agree", "top1_agreement", _percent, ">"),
+            Column("top-5 agree", "top5_agreement", _percent, ">"), Column("result", "result")]
 
 
 def _or_blank(v) -> str:

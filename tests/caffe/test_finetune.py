@@ -170,6 +170,31 @@ def test_finetune_outputs(runs):
         assert float(rows[-1]["test_accuracy"]) == pytest.approx(result.final_accuracy)
 
 
+def test_finetune_outputs_are_kept_and_verified_as_tuned(runs, caffe_binary, caffe_command, cli):
+    """After a real run: a second run is refused without --force (before Caffe starts), and
+    verify --tuned measures the fine-tuned weights in Caffe instead of failing their decomposition."""
+    _, out = runs
+    d, _, _ = out["vbmf"]
+    before = {name: (d / name).read_bytes() for name in ("finetune.log", "finetuned.caffemodel")}
+    code, _, err = cli("finetune", d, "--caffe", caffe_binary[0])
+    assert code == 1 and "already exists" in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {name: (d / name).read_bytes() for name in before} == before
+    code, stdout, err = cli("verify", d, "--tuned", "--random", "8", "--format", "json",
+                            "--caffe-python", caffe_command)
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["verdict"] == "measured" and result["decomposition"] is None
+    assert result["weights"] == str(d / "finetuned.caffemodel")
+    assert result["approximation"][0]["top1_agreement"] is not None
+    four = [DIGITS / "deploy.prototxt", DIGITS / "digits.caffemodel", d / "deploy.prototxt",
+            d / "finetuned.caffemodel"]
+    code, stdout, _ = cli("verify", *four, "--caffe-python", caffe_command)
+    assert code == 2 and stdout.strip().splitlines()[-1].startswith("FAILED")
+    code, stdout, _ = cli("verify", *four, "--tuned", "--caffe-python", caffe_command)
+    assert code == 0 and stdout.strip().splitlines()[-1].startswith("MEASURED")
+
+
 def test_finetune_resume(caffe_binary, workdir, lmdbs, capsys):
     d = workdir / "resume"
     _convert(d, lmdbs)
@@ -201,8 +226,10 @@ def test_finetune_caffe_fails(caffe_binary, workdir, lmdbs, capsys):
     assert err.startswith("caffe-tucker: error: caffe failed (")
     assert "train --solver solver_run.prototxt" in err
     assert "Check failed" in err or "No such file" in err, err
-    assert (d / "finetune.log").is_file()
-    assert not (d / "finetuned.caffemodel").exists()
+    assert f"its log is {d / 'finetune.failed.log'}" in err
+    assert "Check failed" in (d / "finetune.failed.log").read_text() or \
+        "No such file" in (d / "finetune.failed.log").read_text()
+    assert not (d / "finetune.log").exists() and not (d / "finetuned.caffemodel").exists()
 
 
 def test_caffe_command_forms(tmp_path):
@@ -232,6 +259,9 @@ def test_parse_log_lines():
     assert parse_log_line("I1122 00:41:56.714637  8168 solver.cpp:464] Snapshotting to binary "
                           "proto file snapshots/finetune_iter_600.caffemodel") == \
         ("snapshot", "snapshots/finetune_iter_600.caffemodel")
+    assert parse_log_line("I1122 00:41:56.715290  8168 sgd_solver.cpp:273] Snapshotting solver "
+                          "state to binary proto file snapshots/finetune_iter_600.solverstate") == \
+        ("snapshot", "snapshots/finetune_iter_600.solverstate")
     assert parse_log_line("I1122 00:41:56.771651  8168 solver.cpp:332] Optimization Done.") == ("done",)
     assert parse_log_line("I1122 00:41:56.771651  8168 net.cpp:1] Setting up conv1") is None
 

@@ -184,3 +184,43 @@ def test_accuracy_in_caffe(caffe, recipe, split):
     accuracy = float(np.mean(prob.argmax(axis=1) == y_test))
     assert abs(accuracy - META["accuracy"]["top1"]) <= 0.005
     assert recipe.evaluate(caffe, deploy, weights, x_test, y_test) == accuracy
+
+
+# --------------------------------------------------------------------------------------------
+# The LMDBs finetune reads (train.py --export-lmdb)
+
+def test_export_lmdb_command(recipe, split, tmp_path, capsys):
+    try:
+        import lmdb
+    except ImportError:
+        if in_ci():
+            pytest.fail("CI must test the LMDB export, but lmdb is not installed", pytrace=False)
+        pytest.skip("needs lmdb (pip install '.[test]')")
+    from caffe_tucker.io.caffe_pb2 import Datum
+
+    out = tmp_path / "data" / "digits"
+    assert recipe.main(["--export-lmdb", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [str(out / "train_lmdb"), str(out / "test_lmdb")]
+    x_train, y_train, x_test, y_test = split
+    for path, x, y in ((out / "train_lmdb", x_train, y_train), (out / "test_lmdb", x_test, y_test)):
+        env = lmdb.open(str(path), readonly=True, lock=False)
+        try:
+            with env.begin() as txn:
+                assert txn.stat()["entries"] == len(y)
+                datum = Datum.FromString(txn.get(b"00000003"))
+        finally:
+            env.close()
+        assert (datum.channels, datum.height, datum.width, datum.label) == (1, 8, 8, int(y[3]))
+        pixels = np.frombuffer(datum.data, np.uint8).reshape(1, 8, 8)
+        np.testing.assert_array_equal(pixels * np.float32(1 / 16), x[3])
+    assert sorted(p.name for p in out.iterdir()) == ["test_lmdb", "train_lmdb"]  # no leftovers
+
+    before = (out / "train_lmdb" / "data.mdb").stat().st_mtime_ns
+    assert recipe.main(["--export-lmdb", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"train.py: error: {out / 'train_lmdb'}: already exists; hint: pass --force " \
+                  "to replace the LMDBs"
+    assert (out / "train_lmdb" / "data.mdb").stat().st_mtime_ns == before
+    assert recipe.main(["--export-lmdb", str(out), "--force"]) == 0
+    assert capsys.readouterr().out.splitlines() == printed

@@ -20,6 +20,11 @@ accuracy.  About a minute on 2 CPU cores; on one machine the bytes are the same 
 
 ``--check`` trains and evaluates without writing anything and exits 1 when the result differs
 from the committed files.
+
+``--export-lmdb DIR`` trains nothing: it writes the split as the Caffe LMDBs ``DIR/train_lmdb``
+and ``DIR/test_lmdb`` that ``finetune`` reads (``convert --train-source/--val-source``), prints
+their two paths, and exits; existing ones are replaced only with ``--force``.  It needs
+scikit-learn and the PyPI ``lmdb`` package, not Caffe.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +95,46 @@ def export_lmdb(directory) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+LMDB_NAMES = ("train_lmdb", "test_lmdb")
+
+
+def export_lmdb_command(directory, force: bool = False) -> int:
+    """``--export-lmdb DIR``: the LMDBs written beside each other, then moved into place, their
+    paths printed; a problem is one line on stderr and exit status 1."""
+    out = Path(directory)
+    targets = [out / name for name in LMDB_NAMES]
+
+    def fail(message: str) -> int:
+        print(f"train.py: error: {message}", file=sys.stderr)
+        return 1
+
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        return fail(f"{existing[0]}: already exists; hint: pass --force to replace the LMDBs")
+    if out.exists() and not out.is_dir():
+        return fail(f"{out}: exists and is not a directory; hint: choose another directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".lmdb.", suffix=".tmp", dir=out))
+    except OSError as exc:
+        return fail(f"{out}: cannot write there ({exc.strerror or exc})")
+    try:
+        export_lmdb(tmp)
+        for target in targets:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp / target.name, target)
+    except ImportError as exc:
+        return fail(f"--export-lmdb needs {exc.name} (pip install lmdb scikit-learn)")
+    except OSError as exc:
+        return fail(f"{out}: cannot write the LMDBs ({exc.strerror or exc})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for target in targets:
+        print(target)
+    return 0
+
+
 def evaluate(runtime, deploy_text: str, weights: bytes, x, y) -> float:
     """Top-1 accuracy of the deploy net in Caffe on ``x``/``y``."""
     prob = runtime.forward(deploy_text, weights, {"data": x}, blobs=["prob"])["prob"]
@@ -117,7 +164,14 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="train and evaluate, write nothing, compare with the committed files")
     parser.add_argument("--echo", action="store_true", help="show Caffe's log")
+    parser.add_argument("--export-lmdb", metavar="DIR",
+                        help="train nothing: write the split as Caffe LMDBs DIR/train_lmdb and "
+                        "DIR/test_lmdb (for finetune), print their paths and exit")
+    parser.add_argument("--force", action="store_true",
+                        help="with --export-lmdb: replace existing LMDBs")
     args = parser.parse_args(argv)
+    if args.export_lmdb is not None:
+        return export_lmdb_command(args.export_lmdb, args.force)
 
     sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
     from caffe_tucker.caffe.pycaffe import CaffeRuntime
