@@ -23,8 +23,9 @@ original group k owns channels ``(k·N + n)·R3 ...`` of ``L_tk1``'s output and
 ``(k·N + n)·R4 ...`` of ``L_tk2``'s, which is exactly the (k·N + n)-th group
 of ``L_tk2``; ``L_tk3``'s group k reads the N blocks of group k.
 
-Algorithm (this project's; the paper's code is not public, and the public
-btd_caffe implementation does the same): block-coordinate descent.  The
+Algorithm (this project's: the paper's code is not public; block-coordinate
+descent over Tucker-2 blocks is how the public btd_caffe implementation is
+described in this project's issue 10, whose code was not consulted).  The
 start is greedy and deterministic: block 1 is the Tucker-2 (HOOI from the
 truncated HOSVD, :func:`caffe_tucker.compress.tensorly_wrapper.partial_tucker`)
 of ``K`` at (R3, R4), block n the Tucker-2 of the residual ``K − Σ_{j<n} block_j``.
