@@ -99,9 +99,8 @@ def _zoo_meta(preset: str) -> dict | None:
 
 def _prepare(prototxt, weights, options: ConvertOptions):
     """Load the net; resolve the preset and the plan."""
-    if not Path(prototxt).is_file():
-        read_prototxt(prototxt)  # raises the one-line "no such prototxt" error
     if weights is None:
+        read_prototxt(prototxt)  # a missing or malformed net is named before the missing weights
         weights = default_weights_path(prototxt)
         if weights is None:
             raise InputFileError(
