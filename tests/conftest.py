@@ -1,4 +1,4 @@
-"""Shared fixtures: paths of the repository, the zoo, and the real models in ../shared."""
+"""Shared fixtures: paths of the repository, the zoo, and the real models in tests/data."""
 
 from __future__ import annotations
 

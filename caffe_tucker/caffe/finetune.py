@@ -34,7 +34,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from caffe_tucker.caffe.process import (CaffeCommand, LineReader, caffe_reason, 
 from caffe_tucker.caffe.train_log import TrainLog, csv_text, parse_log_line, read_csv
 from caffe_tucker.compress.finetune_files import solver_text
 from caffe_tucker.errors import CaffeTuckerError, InputFileError, OutputExistsError
-from caffe_tucker.io.fsutil import check_writable, write_atomic
+from caffe_tucker.io.fsutil import check_writable, stage_file, write_atomic
 from caffe_tucker.io.read import read_solver
 from caffe_tucker.report.plots import png_bytes, pyplot
 from caffe_tucker.report.progress import Progress
@@ -143,18 +142,7 @@ def finetune_png(rows: list[dict], accuracy_name: str | None = None) -> bytes:
 
 def _stage(out: Path, name: str, chunks) -> Path:
     """Write ``chunks`` (bytes or str) to a hidden temporary file in ``out``, for :func:`_commit`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in [chunks] if isinstance(chunks, (bytes, str)) else chunks:
-                fh.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        _discard(Path(tmp))
-        raise
-    return Path(tmp)
+    return stage_file(out / name, chunks)
 
 
 def _discard(*paths: Path) -> None:

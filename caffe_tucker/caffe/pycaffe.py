@@ -108,6 +108,17 @@ def _echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _text(value, what: str) -> str:
+    """Prototxt text from text, UTF-8 bytes or a path; a TypeError starting ``what`` otherwise."""
+    if isinstance(value, os.PathLike):
+        return Path(value).read_text()
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if not isinstance(value, str):
+        raise TypeError(f"{what}, not {type(value).__name__}")
+    return value
+
+
 def _net_sources(prototxt, caffemodel) -> tuple[str, bytes | None]:
     """Prototxt text and caffemodel bytes from text/bytes, paths, or a caffe_tucker Net."""
     if isinstance(prototxt, Net):
@@ -115,12 +126,8 @@ def _net_sources(prototxt, caffemodel) -> tuple[str, bytes | None]:
         prototxt = prototxt_text(net)
         if caffemodel is None and any(layer.blobs for layer in net.layers):
             caffemodel = b"".join(bytes(c) for c in caffemodel_chunks(net))
-    elif isinstance(prototxt, os.PathLike):
-        prototxt = Path(prototxt).read_text()
-    elif isinstance(prototxt, bytes):
-        prototxt = prototxt.decode("utf-8")
-    elif not isinstance(prototxt, str):
-        raise TypeError(f"prototxt must be text, a path or a Net, not {type(prototxt).__name__}")
+    else:
+        prototxt = _text(prototxt, "prototxt must be text, a path or a Net")
     if isinstance(caffemodel, os.PathLike):
         caffemodel = Path(caffemodel).read_bytes()
     elif caffemodel is not None and not isinstance(caffemodel, (bytes, bytearray, memoryview)):
@@ -502,12 +509,7 @@ class CaffeRuntime:
             1..max_iter, "loss": float32 array (the weighted loss after each iteration),
             "outputs": {scalar output blob: float32 array}, "batch", "max_iter", "seconds"}``.
         """
-        if isinstance(solver, os.PathLike):
-            solver = Path(solver).read_text()
-        elif isinstance(solver, bytes):
-            solver = solver.decode("utf-8")
-        if not isinstance(solver, str):
-            raise TypeError(f"solver must be prototxt text or a path, not {type(solver).__name__}")
+        solver = _text(solver, "solver must be prototxt text or a path")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
             raise ValueError("The 'seed' parameter of CaffeRuntime.train must be an int >= 0 or "
                              f"None. Got {seed!r} instead.")

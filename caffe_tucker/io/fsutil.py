@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 from caffe_tucker.errors import InputFileError, OutputExistsError, OutputLocationError
 
 __all__ = ["write_atomic", "check_output", "read_bytes", "input_size", "check_out_dir",
-           "write_directory", "check_writable", "OutputLocationError"]
+           "write_directory", "check_writable", "stage_file", "OutputLocationError"]
 
 
 # errno -> (reason, hint) for the failures a user can fix by choosing another place.
@@ -152,6 +152,22 @@ def write_atomic(path, chunks: Iterable, force: bool = False, inputs: Sequence =
         The operating system refused a write; the old file, if any, is left as it was.
     """
     p = check_output(path, force=force, inputs=inputs)
+    tmp = stage_file(p, chunks)
+    try:
+        os.replace(tmp, p)
+    except BaseException as exc:
+        _remove(tmp)
+        if isinstance(exc, OSError):
+            raise _unwritable(p, exc) from None
+        raise
+    return p
+
+
+def stage_file(path, chunks) -> Path:
+    """Write ``chunks`` to a hidden temporary file beside ``path`` (flushed to disk, mode 0644)
+    and return it, for the caller to rename into place; on any failure nothing is left and an
+    operating-system refusal is an :class:`OutputLocationError` naming ``path``."""
+    p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -161,16 +177,19 @@ def write_atomic(path, chunks: Iterable, force: bool = False, inputs: Sequence =
     try:
         _write_chunks(fd, p, chunks)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(Path(tmp))
         if isinstance(exc, OSError):
             raise _unwritable(p, exc) from None
         raise
-    return p
+    return Path(tmp)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_chunks(fd: int, path: Path, chunks) -> None:

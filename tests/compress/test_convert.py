@@ -10,6 +10,7 @@ from caffe_tucker.compress.methods import get_method
 from caffe_tucker.io.emit import write_caffemodel
 from caffe_tucker.io.fillers import init_weights
 from caffe_tucker.compress.ranks import RankChoice
+from caffe_tucker.compress.reproduce import agrees
 from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
 from conftest import ZOO, write
 from reference import conv2d, inner_product, run_layers
@@ -125,8 +126,6 @@ def paper_rank_net(name, zoo_meta):
 
 @pytest.mark.parametrize("name", ["alexnet", "vgg_s", "googlenet", "vgg16"])
 def test_paper_ranks_give_the_papers_compressed_rows(name, zoo_meta):
-    from test_paper_counts import agrees
-
     meta, reps, a = paper_rank_net(name, zoo_meta)
     bad = {(e["layer"], f) for e in meta["paper"]["errata"] for f in e["field"].split("/")}
     checked = 0

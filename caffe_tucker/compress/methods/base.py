@@ -35,7 +35,6 @@ nothing outside the method modules compares method names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from math import prod
 from typing import Sequence
 
 import numpy as np
@@ -129,14 +128,11 @@ class Method(ABC):
         One label per rank, e.g. ``("R3", "R4")``; ``len(rank_labels)`` ranks per layer.
     unfolding_labels : dict
         For each unfolding key of :meth:`unfoldings`, a label for plots.
-    summary : str
-        One line for help texts and the README.
     """
 
     name: str = ""
     rank_labels: tuple[str, ...] = ()
     unfolding_labels: dict = {}
-    summary: str = ""
     #: Types of the new layers, in order (also tells four-file verify which method made them).
     new_types: tuple[str, ...] = ()
     #: Types of the layers the method can replace.
@@ -373,7 +369,3 @@ def spatial_2d_reason(layer: Layer, info: LayerShapes) -> str | None:
 def one_by_one(blob: np.ndarray) -> np.ndarray:
     """A (O, I, 1, 1) convolution blob as an (O, I) matrix."""
     return blob.reshape(blob.shape[0], -1)
-
-
-def n_inputs(info: LayerShapes) -> int:
-    return prod(info.inputs[0][1:])

@@ -122,7 +122,6 @@ class BlockTerm(ConvolutionMethod):
     name = "btd"
     rank_labels = ("S'", "T'", "N")
     unfolding_labels = {"input": "mode-3 (S) unfolding → S'", "output": "mode-4 (T) unfolding → T'"}
-    summary = "1×1 (S→S') → D×D (S'→T', N groups) → 1×1 (T'→T) convolutions"
     new_types = ("Convolution",) * 3
     fc_hint = "svd (or tucker2)"
 

@@ -116,7 +116,6 @@ class CP(ConvolutionMethod):
     rank_labels = ("R",)
     unfolding_labels = {"input": "mode-3 (S) unfolding → R3 (for R)",
                         "output": "mode-4 (T) unfolding → R4 (for R)"}
-    summary = "1×1 (S→R) → D×1 → 1×D (depthwise) → 1×1 (R→T) convolutions"
     new_types = ("Convolution",) * 4
 
     def __init__(self, n_iter_max: int = CP_MAX_ITER, tol: float = CP_TOL):

@@ -27,7 +27,6 @@ class SVD(Method):
     name = "svd"
     rank_labels = ("R",)
     unfolding_labels = {"matrix": "weight matrix → R"}
-    summary = "InnerProduct K→R → InnerProduct R→N"
     new_types = ("InnerProduct",) * 2
     applies_to_types = ("InnerProduct",)
 

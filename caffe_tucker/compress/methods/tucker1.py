@@ -28,7 +28,6 @@ class Tucker1(ConvolutionMethod):
     name = "tucker1"
     rank_labels = ("R4",)
     unfolding_labels = {"output": "mode-4 (T) unfolding → R4"}
-    summary = "D×D (S→R4) → 1×1 (R4→T) convolutions"
     new_types = ("Convolution",) * 2
 
     def unfoldings(self, kernel):

@@ -39,7 +39,6 @@ class Tucker2(Method):
     name = "tucker2"
     rank_labels = ("R3", "R4")
     unfolding_labels = {"input": "mode-3 (S) unfolding → R3", "output": "mode-4 (T) unfolding → R4"}
-    summary = "1×1 (S→R3) → D×D (R3→R4) → 1×1 (R4→T) convolutions"
     new_types = ("Convolution",) * 3
     applies_to_types = ("Convolution", "InnerProduct")
 
