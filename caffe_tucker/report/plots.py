@@ -7,7 +7,7 @@ import math
 
 from caffe_tucker.compress.methods import get_method
 
-__all__ = ["ranks_png", "pyplot", "png_bytes"]
+__all__ = ["ranks_png", "sparsify_png", "pyplot", "png_bytes"]
 
 
 def pyplot():
@@ -65,5 +65,60 @@ def ranks_png(choices: dict) -> bytes:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(items):]:
         ax.axis("off")
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def sparsify_png(rows, record) -> bytes:
+    """``sparsify.png``: loss, the small-weight energy in both domains and the coefficients
+    against iterations (the fine-tuning phase shaded), and per-layer sparsity in both domains."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    (ax_loss, ax_energy), (ax_coef, ax_layers) = axes
+    it = [r.iteration for r in rows]
+    finetune = [r.iteration for r in rows if r.phase == "finetune"]
+    for ax in (ax_loss, ax_energy, ax_coef):
+        if finetune:
+            ax.axvspan(min(finetune) - 0.5, max(finetune) + 0.5, color="0.92", lw=0)
+        ax.set_xlabel("iteration (shaded: fine-tuning with masks)")
+    if rows:
+        ax_loss.plot(it, [r.loss for r in rows], lw=0.8, color="tab:blue")
+        if all(r.loss > 0 for r in rows):
+            ax_loss.set_yscale("log")
+        measured = [(r.iteration, r.metric) for r in rows if r.metric is not None]
+        if measured:
+            twin = ax_loss.twinx()
+            twin.plot(*zip(*measured), "o-", color="tab:red", ms=3)
+            twin.set_ylabel(record.measures[0].metric, color="tab:red")
+        ax_energy.plot(it, [100 * r.small_energy_spatial for r in rows], label="spatial: energy "
+                       f"of the {100 * record.targets['spatial']:.0f}% smallest")
+        ax_energy.plot(it, [100 * r.small_energy_winograd for r in rows], label="Winograd: energy "
+                       f"of the {100 * record.targets['winograd']:.0f}% smallest")
+        ax_energy.plot(it, [100 * r.spatial_zeros for r in rows], label="spatial zeros")
+        ax_energy.legend(fontsize=8)
+        for key, label in (("coefficient_spatial", "exp(w_S)"), ("coefficient_winograd", "exp(w_W)")):
+            pts = [(r.iteration, getattr(r, key)) for r in rows if getattr(r, key) is not None]
+            if pts:
+                ax_coef.plot(*zip(*pts), label=label)
+        if ax_coef.lines:
+            ax_coef.set_yscale("log")
+            ax_coef.legend(fontsize=8)
+    ax_loss.set_title("training loss")
+    ax_energy.set_title("small-weight energy and zeros (%)")
+    ax_coef.set_title("learnt penalty coefficients")
+    names = [l.name for l in record.layers]
+    x = range(len(names))
+    ax_layers.bar([i - 0.2 for i in x], [100 * l.spatial_sparsity for l in record.layers], 0.4,
+                  label="spatial")
+    ax_layers.bar([i + 0.2 for i in x], [100 * (l.winograd_sparsity or 0) for l in record.layers],
+                  0.4, label=f"Winograd {record.tile} (deployed)")
+    ax_layers.set_xticks(list(x))
+    ax_layers.set_xticklabels(names, rotation=90, fontsize=7)
+    ax_layers.set_ylim(0, 100)
+    ax_layers.set_title("zeros per layer (%)")
+    ax_layers.legend(fontsize=8)
+    fig.suptitle(f"{record.model}: {record.method} sparsity, "
+                 f"targets spatial {record.targets['spatial']:.2f} / Winograd "
+                 f"{record.targets['winograd']:.2f}")
     fig.tight_layout()
     return png_bytes(fig)

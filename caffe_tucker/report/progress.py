@@ -41,6 +41,11 @@ class Progress:
         self.note = note
         self._draw()
 
+    def set_note(self, note: str) -> None:
+        """Show ``note`` beside the bar now (a stage that starts, for example)."""
+        self.note = note
+        self._draw(force=True)
+
     def _fmt(self, n: float) -> str:
         if self.unit == "B":
             for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

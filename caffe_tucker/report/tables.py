@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 __all__ = ["Column", "human", "render", "FORMATS", "dumps_json", "info_columns", "ranks_columns",
-           "verify_columns", "bench_columns", "reproduce_columns"]
+           "verify_columns", "bench_columns", "reproduce_columns", "sparsify_columns",
+           "measure_columns"]
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -204,3 +205,27 @@ def reproduce_columns() -> list[Column]:
             Column("note", "note", _or_blank)]
 
 
+
+
+def _share(v) -> str:
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def sparsify_columns() -> list[Column]:
+    """Columns of the ``sparsify`` report (one row per sparsified layer; footer: the totals)."""
+    return [Column("layer", "name"), Column("type", "type"),
+            Column("winograd", "winograd", lambda v: "yes" if v else "no"),
+            Column("spatial zeros", "spatial_sparsity", _share, ">"),
+            Column("Winograd zeros (G g G^T)", "winograd_natural", _share, ">"),
+            Column("Winograd zeros (deployed)", "winograd_sparsity", _share, ">"),
+            Column("mults dense", "spatial_dense", _human_or_blank, ">"),
+            Column("spatial sparse", "spatial_sparse", _human_or_blank, ">"),
+            Column("Winograd dense", "winograd_dense", _human_or_blank, ">"),
+            Column("Winograd sparse", "winograd_sparse", _human_or_blank, ">"),
+            Column("why spatial only", "reason", _or_blank)]
+
+
+def measure_columns() -> list[Column]:
+    """Columns of ``sparsify``'s measures (one row per model, measured in Caffe)."""
+    return [Column("model", "stage"), Column("measure", "metric"),
+            Column("value", "shown", str, ">")]
