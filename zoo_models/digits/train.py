@@ -21,6 +21,9 @@ accuracy.  About a minute on 2 CPU cores; on one machine the bytes are the same 
 ``--check`` trains and evaluates without writing anything and exits 1 when the result differs
 from the committed files.
 
+``--export-npz DIR`` trains nothing: it writes the split as ``DIR/train.npz`` and
+``DIR/test.npz`` (arrays ``data`` scaled by 1/16 and ``label``), the data ``sparsify`` reads.
+
 ``--export-lmdb DIR`` trains nothing: it writes the split as the Caffe LMDBs ``DIR/train_lmdb``
 and ``DIR/test_lmdb`` that ``finetune`` reads (``convert --train-source/--val-source``), prints
 their two paths, and exits; existing ones are replaced only with ``--force``.  It needs
@@ -135,6 +138,41 @@ def export_lmdb_command(directory, force: bool = False) -> int:
     return 0
 
 
+NPZ_NAMES = ("train.npz", "test.npz")
+
+
+def export_npz_command(directory, force: bool = False) -> int:
+    """``--export-npz DIR``: the split as ``DIR/train.npz`` and ``DIR/test.npz`` (arrays ``data``,
+    float32 N x 1 x 8 x 8 already scaled by 1/16, and ``label``), the inputs ``sparsify`` takes;
+    their paths printed; a problem is one line on stderr and exit status 1."""
+    out = Path(directory)
+    targets = [out / name for name in NPZ_NAMES]
+
+    def fail(message: str) -> int:
+        print(f"train.py: error: {message}", file=sys.stderr)
+        return 1
+
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        return fail(f"{existing[0]}: already exists; hint: pass --force to replace it")
+    try:
+        x_train, y_train, x_test, y_test = load_split()
+    except ImportError as exc:
+        return fail(f"--export-npz needs {exc.name} (pip install scikit-learn)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for target, x, y in ((targets[0], x_train, y_train), (targets[1], x_test, y_test)):
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, data=x, label=y)
+            os.replace(tmp, target)
+    except OSError as exc:
+        return fail(f"{out}: cannot write there ({exc.strerror or exc})")
+    for target in targets:
+        print(target)
+    return 0
+
+
 def evaluate(runtime, deploy_text: str, weights: bytes, x, y) -> float:
     """Top-1 accuracy of the deploy net in Caffe on ``x``/``y``."""
     prob = runtime.forward(deploy_text, weights, {"data": x}, blobs=["prob"])["prob"]
@@ -167,11 +205,16 @@ def main(argv=None) -> int:
     parser.add_argument("--export-lmdb", metavar="DIR",
                         help="train nothing: write the split as Caffe LMDBs DIR/train_lmdb and "
                         "DIR/test_lmdb (for finetune), print their paths and exit")
+    parser.add_argument("--export-npz", metavar="DIR",
+                        help="train nothing: write the split as DIR/train.npz and DIR/test.npz "
+                        "(for sparsify), print their paths and exit")
     parser.add_argument("--force", action="store_true",
-                        help="with --export-lmdb: replace existing LMDBs")
+                        help="with --export-lmdb/--export-npz: replace existing files")
     args = parser.parse_args(argv)
     if args.export_lmdb is not None:
         return export_lmdb_command(args.export_lmdb, args.force)
+    if args.export_npz is not None:
+        return export_npz_command(args.export_npz, args.force)
 
     sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
     from caffe_tucker.caffe.pycaffe import CaffeRuntime
