@@ -223,6 +223,10 @@ def _pair(values, h, w, has_hw: bool, default: int):
     return tuple(vals) if len(vals) == 2 else None
 
 
+def _setting(what: str, pair) -> str:
+    return f"{what} {pair[0]}" if pair[0] == pair[1] else f"{what} {pair[0]}x{pair[1]}"
+
+
 def winograd_reason(layer: Layer) -> str | None:
     """Why ``layer`` cannot be computed with F(m x m, 3 x 3), or None when it can.
 
@@ -252,10 +256,9 @@ def winograd_reason(layer: Layer) -> str | None:
     if kernel != (3, 3):
         return f"kernel {kernel[0]}x{kernel[1]}"
     if stride != (1, 1):
-        return f"stride {stride[0]}" if stride[0] == stride[1] else f"stride {stride[0]}x{stride[1]}"
+        return _setting("stride", stride)
     if dilation != (1, 1):
-        return (f"dilation {dilation[0]}" if dilation[0] == dilation[1]
-                else f"dilation {dilation[0]}x{dilation[1]}")
+        return _setting("dilation", dilation)
     if p.group != 1:
         return f"group {p.group}"
     return None
