@@ -24,6 +24,7 @@ aborts the whole process; the runtime then reads the reason from the worker's st
 
 import json
 import os
+import shutil
 import struct
 import sys
 import time
@@ -161,7 +162,6 @@ def _median(values):
 
 def _clean_stale_tempdirs(prefix):
     """Remove temp dirs left by workers that Caffe aborted (their pid is in the name)."""
-    import shutil
     import tempfile
     base = tempfile.gettempdir()
     try:
@@ -182,6 +182,34 @@ def _clean_stale_tempdirs(prefix):
             continue
 
 
+def _weighted_loss(net):
+    """The loss of the last forward pass: the loss outputs weighted as the solver weighs them."""
+    loss = 0.0
+    weights_of = net.blob_loss_weights
+    for n in net.outputs:
+        w = weights_of.get(n, 0.0)
+        if w:
+            loss += w * float(net.blobs[n].data.sum())
+    return loss
+
+
+def _scalar_outputs(net):
+    return [n for n in net.outputs if net.blobs[n].data.size == 1]
+
+
+def _copy_weights(net, base, weights):
+    """Copy weights (caffemodel bytes, or None for none) into ``net`` by layer name."""
+    if weights is None:
+        return
+    path = os.path.join(base, "initial.caffemodel")
+    with open(path, "wb") as f:
+        f.write(weights)
+    try:
+        net.copy_from(path)  # weights that do not fit abort here (glog)
+    finally:
+        os.remove(path)
+
+
 class Worker(object):
     TMP_PREFIX = "caffe_tucker_worker_"
 
@@ -196,7 +224,6 @@ class Worker(object):
         self.count = 0
 
     def close(self):
-        import shutil
         self.net = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -360,56 +387,18 @@ class Worker(object):
         iteration), ``outputs`` (float32 per scalar output blob of the net), ``batch``,
         ``max_iter``, ``seconds``.
         """
-        from caffe.proto import caffe_pb2
-        from google.protobuf import text_format
         caffe = self.caffe
-        solver_text = req.get("solver")
-        net_text = req.get("net")
-        if not isinstance(solver_text, str) or not isinstance(net_text, str):
-            raise RequestError("train needs 'solver' and 'net' prototxt text")
-        param = caffe_pb2.SolverParameter()
-        try:
-            text_format.Merge(solver_text, param)
-        except text_format.ParseError as exc:
-            raise RequestError("cannot parse the solver: %s" % exc)
+        param = self._parse_solver(req, "train")
         if param.max_iter < 1:
             raise RequestError("the solver's max_iter must be >= 1; got %d" % param.max_iter)
-        if param.iter_size != 1:
-            raise RequestError("train feeds one batch per iteration: the solver's iter_size must "
-                               "be 1; got %d" % param.iter_size)
         seed = req.get("seed")
-        if seed is not None:
-            param.random_seed = int(seed)
         shuffle_seed = int(seed) if seed is not None else 0
-        self.count += 1
-        base = os.path.join(self.tmp, "train%d" % self.count)
-        os.mkdir(base)
-        net_path = os.path.join(base, "train.prototxt")
-        with open(net_path, "w") as f:
-            f.write(net_text)
-        for name in ("net", "net_param", "train_net", "train_net_param", "test_net",
-                     "test_net_param", "train_state", "test_state", "test_iter"):
-            param.ClearField(name)
-        param.train_net = net_path
-        param.test_interval = 0
-        param.test_initialization = False
-        param.snapshot = 0
-        param.snapshot_after_train = False
-        param.snapshot_prefix = os.path.join(base, "snapshot")
-        param.solver_mode = caffe_pb2.SolverParameter.CPU
-        solver_path = os.path.join(base, "solver.prototxt")
-        with open(solver_path, "w") as f:
-            f.write(text_format.MessageToString(param))
+        base, solver_path = self._write_solver(param, req, "train")
         caffe.set_mode_cpu()
         try:
             solver = caffe.get_solver(solver_path)  # an unparsable net aborts here (glog)
             net = solver.net
-            weights = req.get("caffemodel")
-            if weights is not None:
-                weights_path = os.path.join(base, "initial.caffemodel")
-                with open(weights_path, "wb") as f:
-                    f.write(weights)
-                net.copy_from(weights_path)
+            _copy_weights(net, base, req.get("caffemodel"))
             inputs = req.get("inputs") or {}
             names = list(net.inputs)
             if not names:
@@ -440,8 +429,7 @@ class Worker(object):
             order = np.zeros(0, dtype=np.int64)
             max_iter = int(param.max_iter)
             losses = np.zeros(max_iter, dtype=np.float32)
-            weights_of = net.blob_loss_weights
-            scalars = [n for n in net.outputs if net.blobs[n].data.size == 1]
+            scalars = _scalar_outputs(net)
             outputs = dict((n, np.zeros(max_iter, dtype=np.float32)) for n in scalars)
             t0 = time.perf_counter()
             done = 0
@@ -454,12 +442,7 @@ class Worker(object):
                     blob = net.blobs[n]
                     blob.data[...] = arrays[n][idx]
                 solver.step(1)
-                loss = 0.0
-                for n in net.outputs:
-                    w = weights_of.get(n, 0.0)
-                    if w:
-                        loss += w * float(net.blobs[n].data.sum())
-                losses[done] = loss
+                losses[done] = _weighted_loss(net)
                 for n in scalars:
                     outputs[n][done] = float(net.blobs[n].data.reshape(-1)[0])
                 done += 1
@@ -470,11 +453,59 @@ class Worker(object):
                 trained = f.read()
         finally:
             solver = net = None
-            import shutil
             shutil.rmtree(base, ignore_errors=True)
         return {"caffemodel": trained, "iterations": np.arange(1, done + 1, dtype=np.int32),
                 "loss": losses[:done], "outputs": dict((n, v[:done]) for n, v in outputs.items()),
                 "batch": batch, "max_iter": max_iter, "seconds": seconds}
+
+    # -- solvers ------------------------------------------------------------------------------
+    def _parse_solver(self, req, what):
+        """The SolverParameter of a request's ``solver`` text, with its ``seed`` applied."""
+        from caffe.proto import caffe_pb2
+        from google.protobuf import text_format
+        if not isinstance(req.get("solver"), str) or not isinstance(req.get("net"), str):
+            raise RequestError("%s needs 'solver' and 'net' prototxt text" % what)
+        param = caffe_pb2.SolverParameter()
+        try:
+            text_format.Merge(req["solver"], param)
+        except text_format.ParseError as exc:
+            raise RequestError("cannot parse the solver: %s" % exc)
+        if param.iter_size != 1:
+            raise RequestError("%s feeds one batch per iteration: the solver's iter_size must "
+                               "be 1; got %d" % (what, param.iter_size))
+        seed = req.get("seed")
+        if seed is not None:
+            param.random_seed = int(seed)
+        return param
+
+    def _write_solver(self, param, req, prefix):
+        """Write the request's net and ``param`` into a new directory, the net as the solver's
+        only net, with no testing and no snapshots of its own (snapshot_prefix points into the
+        directory, in binary proto format).  Returns (directory, solver path)."""
+        from caffe.proto import caffe_pb2
+        from google.protobuf import text_format
+        self.count += 1
+        base = os.path.join(self.tmp, "%s%d" % (prefix, self.count))
+        os.mkdir(base)
+        net_path = os.path.join(base, "train.prototxt")
+        with open(net_path, "w") as f:
+            f.write(req["net"])
+        for name in ("net", "net_param", "train_net", "train_net_param", "test_net",
+                     "test_net_param", "train_state", "test_state", "test_iter"):
+            param.ClearField(name)
+        param.train_net = net_path
+        param.test_interval = 0
+        param.test_initialization = False
+        param.snapshot = 0
+        param.snapshot_after_train = False
+        param.snapshot_prefix = os.path.join(base, "snapshot")
+        param.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+        param.snapshot_diff = False
+        param.solver_mode = caffe_pb2.SolverParameter.CPU
+        solver_path = os.path.join(base, "solver.prototxt")
+        with open(solver_path, "w") as f:
+            f.write(text_format.MessageToString(param))
+        return base, solver_path
 
     def serve(self, instream):
         while True:
