@@ -49,6 +49,22 @@ def test_open_describes_the_net(caffe):
     assert session.closed
 
 
+def test_lr_is_the_one_the_update_used(caffe):
+    multistep = SOLVER.replace('lr_policy: "fixed"', 'lr_policy: "multistep" gamma: 0.5')
+    batches = _batches(3)
+    with caffe.open_training(multistep + " stepvalue: 1 stepvalue: 2", NET) as session:
+        assert [session.step(b).lr for b in batches] == pytest.approx([LR, LR / 2, LR / 4])
+        stepped = session.caffemodel()
+    # and the hook changed nothing else: train on the same batches gives the same weights
+    inputs = {name: np.concatenate([b[name] for b in batches]) for name in ("data", "label")}
+    trained = caffe.train(multistep + " stepvalue: 1 stepvalue: 2 max_iter: 3", NET, inputs,
+                          shuffle=False)
+    assert stepped == trained["caffemodel"]
+    # reading solver.lr advances multistep once per read: with repeated step values a read in
+    # the hook would change the schedule, so the lr is not reported
+    with caffe.open_training(multistep + " stepvalue: 1 stepvalue: 1", NET) as session:
+        assert session.step(_batches(1)[0]).lr is None
+
 def test_add_diffs_move_the_weights_by_minus_lr_times_them(caffe):
     batch = _batches(1)[0]
     rng = np.random.default_rng(1)
