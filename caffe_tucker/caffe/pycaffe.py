@@ -11,6 +11,10 @@ described in that module)::
         out = caffe.forward(prototxt_text, caffemodel_bytes, {"data": x})   # {"prob": array}
         timing = caffe.time(prototxt_text, caffemodel_bytes, batch=32, iterations=10)
         trained = caffe.train(solver_text, train_net_text, {"data": x, "label": y})
+        with caffe.open_training(solver_text, train_net_text) as session:    # a custom loop
+            for x, y in batches:
+                result = session.step({"data": x, "label": y}, add_diffs={"conv1": d},
+                                      masks={"conv1": keep}, fetch=["conv1"])
 
 Every failure is a :class:`CaffeRuntimeError` with a one-line message that names the command:
 no runtime configured, a command that does not exist, an interpreter without caffe, a worker that
@@ -28,7 +32,9 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -44,7 +50,8 @@ from caffe_tucker.graph import Net
 from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
 
 __all__ = ["CaffeRuntime", "CaffeRuntimeError", "CaffeRuntimeUnavailable", "ENV_VAR",
-           "DEFAULT_TIMEOUT", "resolve_command", "runtime_available"]
+           "DEFAULT_TIMEOUT", "StepResult", "TrainingSession", "resolve_command",
+           "runtime_available"]
 
 ENV_VAR = "CAFFE_TUCKER_PYTHON"
 DEFAULT_TIMEOUT = 600.0
@@ -186,6 +193,7 @@ class CaffeRuntime:
         self._timed_out = False
         self._net_key: str | None = None
         self._last_sources: tuple | None = None  # (text, weights object, key): skips rehashing
+        self._training: str | None = None   # the token of the worker's open training session
         self._finalizer = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -282,6 +290,7 @@ class CaffeRuntime:
         proc, self._proc = self._proc, None
         self.ready = None
         self._net_key = None
+        self._training = None
         if proc is None:
             return
         kill_group(proc)
@@ -536,6 +545,313 @@ class CaffeRuntime:
         result = {k: v for k, v in response.items() if k not in ("ok", "net_key")}
         result["caffemodel"] = bytes(result["caffemodel"])
         return result
+
+    def open_training(self, solver, net, caffemodel=None, *,
+                      seed: int | None = None) -> "TrainingSession":
+        """Open a training session: a Caffe solver that runs one iteration per step, on batches
+        the caller gives, for training loops of the caller's own.
+
+        The worker holds one session at a time: opening one closes the one open (its
+        :class:`TrainingSession` then refuses every call).
+
+        Parameters
+        ----------
+        solver : str or path
+            SolverParameter prototxt text (or a path to read), as for :meth:`train`: its lr
+            policy, momentum, weight decay and ``random_seed`` apply; its net fields, test nets
+            and snapshot settings are ignored; ``iter_size`` must be 1; ``max_iter`` does not
+            stop a session (it still shapes the ``poly`` policy).
+        net : str, path or Net
+            The train net, fed through Input layers whose first dimension is the batch size.
+        caffemodel : bytes, path or None
+            Initial weights, copied by layer name; None keeps the fillers'.
+        seed : int, optional
+            Overrides the solver's ``random_seed`` (fillers, dropout).
+
+        Returns
+        -------
+        TrainingSession
+            A context manager; closing it frees the solver in the worker.
+        """
+        solver = _text(solver, "solver must be prototxt text or a path")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError("The 'seed' parameter of CaffeRuntime.open_training must be an int "
+                             f">= 0 or None. Got {seed!r} instead.")
+        text, weights = _net_sources(net, caffemodel)
+        token = uuid.uuid4().hex
+        message = {"type": "session_open", "solver": solver, "net": text, "seed": seed,
+                   "session": token}
+        if weights is not None:
+            message["caffemodel"] = weights
+        with self._lock:
+            self._training = None  # the worker closes the session it holds, if any
+            response = self._request("open_training", message)
+            if not response.get("ok"):
+                self._raise_refused("open_training", response)
+            self._training = token
+        return TrainingSession(self, token, response)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`TrainingSession.step` did.
+
+    Attributes
+    ----------
+    iteration : int
+        The solver's iteration after the step (1 after a fresh session's first step).
+    loss : float
+        The loss of the step's forward pass: the loss outputs weighted by their loss weights,
+        before the update (as :meth:`CaffeRuntime.train` reports it).
+    outputs : dict of str to float
+        Every scalar output blob of the net (losses, accuracies) after the forward pass.
+    lr : float or None
+        The learning rate the update used (``solver.lr`` read between the backward pass and
+        the update); None for a ``multistep`` policy whose step values do not increase, where
+        reading it would change the schedule.
+    weights : dict of str to float32 ndarray
+        The weights (blob 0) after the update of the layers asked for with ``fetch``.
+    """
+
+    iteration: int
+    loss: float
+    outputs: dict[str, float]
+    lr: float | None
+    weights: dict[str, np.ndarray]
+
+
+def _layer_names(value, what: str, owner: str) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset)) \
+            or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"The '{what}' parameter of {owner} must be a sequence of layer names. "
+                         f"Got {value!r} instead.")
+    return list(value)
+
+
+def _float_arrays(value, what: str, owner: str) -> dict[str, np.ndarray]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"The '{what}' parameter of {owner} must be a mapping of names to "
+                         f"arrays or None. Got {type(value).__name__} instead.")
+    return {str(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in value.items()}
+
+
+def _mask_arrays(value, what: str, owner: str) -> dict[str, np.ndarray]:
+    """Masks as uint8 0/1 arrays: a quarter of float32's bytes on the pipe."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"The '{what}' parameter of {owner} must be a mapping of layer names "
+                         f"to 0/1 arrays or None. Got {type(value).__name__} instead.")
+    out = {}
+    for layer, mask in value.items():
+        mask = np.ascontiguousarray(mask)
+        if mask.dtype == np.bool_:
+            out[str(layer)] = mask.view(np.uint8)
+            continue
+        small = mask.astype(np.uint8)
+        if not np.array_equal(small, mask):
+            raise ValueError(f"The '{what}' parameter of {owner} must hold bool or 0/1 arrays. "
+                             f"Got values other than 0 and 1 for layer {layer!r} instead.")
+        out[str(layer)] = small
+    return out
+
+
+def _bytes(value, what: str, owner: str) -> bytes | bytearray | memoryview:
+    if isinstance(value, os.PathLike):
+        return Path(value).read_bytes()
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ValueError(f"The '{what}' parameter of {owner} must be bytes or a path. "
+                         f"Got {type(value).__name__} instead.")
+    return value
+
+
+class TrainingSession:
+    """A Caffe solver in the worker, stepped one iteration at a time by the caller.
+
+    Made by :meth:`CaffeRuntime.open_training`; a context manager.  Each :meth:`step` feeds one
+    batch and runs ``solver.step(1)`` with a hook between the backward pass and the update
+    that adds extra gradients (``add_diffs``, e.g. a regularizer's, computed in this process)
+    and masks them; the update itself is the solver's own (lr policy, momentum, weight decay).
+    Arrays travel as binary payloads; masks as uint8.
+
+    Attributes
+    ----------
+    batch : int
+        The batch size: the first dimension of every input blob.
+    input_shapes : dict of str to tuple
+        The shape of one sample of each input blob (without the batch dimension): a step takes
+        ``(batch,) + input_shapes[name]`` for each.
+    param_shapes : dict of str to tuple of tuples
+        The shapes of the blobs of every layer with learnable blobs, in net order; blob 0 (the
+        weights) is what ``add_diffs``, ``masks`` and ``fetch`` address.
+    outputs : tuple of str
+        The net's scalar output blobs (reported by every step).
+    iteration : int
+        The solver's iteration (after the last step or restore).
+    """
+
+    def __init__(self, runtime: CaffeRuntime, token: str, info: dict):
+        self._runtime = runtime
+        self._token = token
+        self._closed = False
+        self.batch = int(info["batch"])
+        self.input_shapes = {n: tuple(shape) for n, shape in info["inputs"].items()}
+        self.param_shapes = {layer: tuple(tuple(shape) for shape in shapes)
+                             for layer, shapes in info["params"].items()}
+        self.outputs = tuple(info["outputs"])
+        self.iteration = int(info["iter"])
+
+    def __enter__(self) -> "TrainingSession":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else "open"
+        return (f"TrainingSession(batch={self.batch}, iteration={self.iteration}, "
+                f"layers={list(self.param_shapes)}, {state})")
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is closed, or lost with its worker or to another session."""
+        runtime = self._runtime
+        return self._closed or runtime._training != self._token or not runtime.alive
+
+    def _call(self, what: str, message: dict) -> dict:
+        runtime = self._runtime
+        with runtime._lock:
+            if self._closed:
+                raise CaffeRuntimeError(f"cannot run the {what}: the training session is closed",
+                                        runtime.command)
+            if runtime._training == self._token and not runtime.alive:
+                runtime._training = None
+            if runtime._training != self._token:
+                reason = ("its Caffe worker stopped (it died, timed out or was closed)"
+                          if runtime._training is None else
+                          "CaffeRuntime.open_training opened another (a worker holds one at a "
+                          "time)")
+                raise CaffeRuntimeError(f"cannot run the {what}: the training session is no "
+                                        f"longer open: {reason}", runtime.command)
+            response = runtime._request(what, dict(message, session=self._token))
+        if not response.get("ok"):
+            runtime._raise_refused(what, response)
+        return response
+
+    def step(self, inputs: Mapping[str, np.ndarray], *,
+             add_diffs: Mapping[str, np.ndarray] | None = None,
+             masks: Mapping[str, np.ndarray] | None = None,
+             fetch: Sequence[str] = ()) -> StepResult:
+        """Run one solver iteration on one batch.
+
+        Parameters
+        ----------
+        inputs : dict of str to array
+            One array per input blob, of exactly ``(batch,) + input_shapes[name]`` (as float32).
+        add_diffs : dict of str to array, optional
+            Layer -> an array shaped like its weights (blob 0), added to their gradient after
+            the backward pass, before the update, which then treats it as gradient: with plain
+            SGD the weights move by ``-lr * lr_mult * add_diffs[layer]`` more (momentum and
+            weight decay aside).
+        masks : dict of str to array, optional
+            Layer -> a bool or 0/1 array shaped like its weights: where it is 0 the gradient
+            (after ``add_diffs``) is zeroed before the update and the weights are set to 0.0
+            after it, so pruned weights stay exactly 0.  Masks apply to this step only.
+        fetch : sequence of str
+            Layers whose weights (after the update) to return.
+
+        Returns
+        -------
+        StepResult
+
+        Raises
+        ------
+        CaffeRuntimeError
+            When Caffe refuses the step (an unknown layer, a wrong shape: the message names
+            them; nothing is changed then) or the session is closed.
+        """
+        if not isinstance(inputs, Mapping):
+            raise ValueError("The 'inputs' parameter of TrainingSession.step must be a mapping of "
+                             f"input blob names to arrays. Got {type(inputs).__name__} instead.")
+        owner = "TrainingSession.step"
+        message = {"type": "session_step", "inputs": _float_arrays(inputs, "inputs", owner),
+                   "add_diffs": _float_arrays(add_diffs, "add_diffs", owner),
+                   "masks": _mask_arrays(masks, "masks", owner),
+                   "fetch": _layer_names(fetch, "fetch", owner)}
+        response = self._call("training step", message)
+        self.iteration = int(response["iter"])
+        lr = response.get("lr")
+        return StepResult(iteration=self.iteration, loss=float(response["loss"]),
+                          outputs={k: float(v) for k, v in response["outputs"].items()},
+                          lr=None if lr is None else float(lr), weights=dict(response["weights"]))
+
+    def set_params(self, params: Mapping[str, Sequence[np.ndarray]]) -> None:
+        """Overwrite learnable blobs: layer -> its first k blobs' new values (e.g. ``[weights]``
+        or ``[weights, bias]``), each of exactly the blob's shape.  All are checked before any is
+        written; the solver's history (momentum) is kept."""
+        if not isinstance(params, Mapping):
+            raise ValueError("The 'params' parameter of TrainingSession.set_params must be a "
+                             "mapping of layer names to lists of arrays. Got "
+                             f"{type(params).__name__} instead.")
+        arrays = {}
+        for layer, blobs in params.items():
+            if isinstance(blobs, np.ndarray) or not isinstance(blobs, Sequence):
+                raise ValueError("The 'params' parameter of TrainingSession.set_params must map "
+                                 "each layer to a list of arrays, one per blob (e.g. [weights, "
+                                 f"bias]). Got {type(blobs).__name__} for layer {layer!r} "
+                                 "instead.")
+            arrays[str(layer)] = [np.ascontiguousarray(b, dtype=np.float32) for b in blobs]
+        self._call("training set_params", {"type": "session_set_params", "params": arrays})
+
+    def get_weights(self, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """The weights (blob 0, float32 copies) of ``layers``."""
+        fetch = _layer_names(layers, "layers", "TrainingSession.get_weights")
+        response = self._call("training get_weights", {"type": "session_get", "fetch": fetch})
+        return dict(response["weights"])
+
+    def caffemodel(self) -> bytes:
+        """All the net's weights as ``.caffemodel`` bytes (``net.save``)."""
+        return bytes(self._call("training caffemodel", {"type": "session_weights"})["caffemodel"])
+
+    def snapshot(self) -> tuple[bytes, bytes]:
+        """``(caffemodel, solverstate)`` bytes: the weights, and the iteration, lr schedule step
+        and momentum history (``solver.snapshot()``), for :meth:`restore`.  Dropout's random
+        state is not in them."""
+        response = self._call("training snapshot", {"type": "session_snapshot"})
+        return bytes(response["caffemodel"]), bytes(response["solverstate"])
+
+    def restore(self, caffemodel: bytes | None, solverstate: bytes) -> int:
+        """Restore a :meth:`snapshot` (of this net and solver type) and return the iteration.
+
+        ``caffemodel`` (bytes or a path; None keeps the current weights) sets the weights,
+        ``solverstate`` (bytes or a path) the iteration, lr schedule step and history.
+        """
+        owner = "TrainingSession.restore"
+        message = {"type": "session_restore",
+                   "solverstate": _bytes(solverstate, "solverstate", owner)}
+        if caffemodel is not None:
+            message["caffemodel"] = _bytes(caffemodel, "caffemodel", owner)
+        self.iteration = int(self._call("training restore", message)["iter"])
+        return self.iteration
+
+    def close(self) -> None:
+        """Free the solver in the worker (no request when the worker no longer holds it)."""
+        if self._closed:
+            return
+        self._closed = True
+        runtime = self._runtime
+        with runtime._lock:
+            if runtime._training != self._token:
+                return
+            runtime._training = None
+            if runtime.alive:
+                try:
+                    runtime._request("training close",
+                                     {"type": "session_close", "session": self._token})
+                except CaffeRuntimeError:
+                    pass  # the worker died meanwhile: it took the session along
 
 
 def runtime_available(command: str | Sequence[str] | None = None,

@@ -18,12 +18,16 @@ After the bootstrap the worker sends ``{"type": "ready", ...}`` (or ``{"type": "
 false, "error": ...}`` when caffe does not import); then each request ``{"type": T, ...}`` gets
 exactly one response, ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``.
 ``{"type": "quit"}`` or EOF ends it.
-Requests: ``hello``, ``forward``, ``time``, ``train`` (see the ``_req_*`` methods).  A Caffe CHECK failure
-aborts the whole process; the runtime then reads the reason from the worker's stderr.
+Requests: ``hello``, ``forward``, ``time``, ``train``, and a training session's ``session_open``,
+``session_step``, ``session_set_params``, ``session_get``, ``session_weights``,
+``session_snapshot``, ``session_restore``, ``session_close`` (see the ``_req_*`` methods).
+A Caffe CHECK failure aborts the whole process; the runtime then reads the reason from the
+worker's stderr.
 """
 
 import json
 import os
+import shutil
 import struct
 import sys
 import time
@@ -161,7 +165,6 @@ def _median(values):
 
 def _clean_stale_tempdirs(prefix):
     """Remove temp dirs left by workers that Caffe aborted (their pid is in the name)."""
-    import shutil
     import tempfile
     base = tempfile.gettempdir()
     try:
@@ -182,6 +185,109 @@ def _clean_stale_tempdirs(prefix):
             continue
 
 
+def _weighted_loss(net):
+    """The loss of the last forward pass: the loss outputs weighted as the solver weighs them."""
+    loss = 0.0
+    weights_of = net.blob_loss_weights
+    for n in net.outputs:
+        w = weights_of.get(n, 0.0)
+        if w:
+            loss += w * float(net.blobs[n].data.sum())
+    return loss
+
+
+def _scalar_outputs(net):
+    return [n for n in net.outputs if net.blobs[n].data.size == 1]
+
+
+def _copy_weights(net, base, weights):
+    """Copy weights (caffemodel bytes, or None for none) into ``net`` by layer name."""
+    if weights is None:
+        return
+    path = os.path.join(base, "initial.caffemodel")
+    with open(path, "wb") as f:
+        f.write(weights)
+    try:
+        net.copy_from(path)  # weights that do not fit abort here (glog)
+    finally:
+        os.remove(path)
+
+
+def _shape(arr):
+    return list(np.shape(arr))
+
+
+def _learnable(params):
+    """(layer, blob index, shape) of the solver's learnable blobs, in the order of its history:
+    every blob of every layer with blobs, in net order, but a blob shared with an earlier layer
+    (same data) only once."""
+    seen = set()
+    out = []
+    for layer, blobs in params.items():
+        for j, blob in enumerate(blobs):
+            data = blob.data
+            key = data.__array_interface__["data"][0]
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((layer, j, list(data.shape)))
+    return out
+
+
+class _Session(object):
+    """The state of one training session (``session_open`` .. ``session_close``).
+
+    The solver holds the gradient hook for as long as it lives and Caffe never frees it, so the
+    hook refers only to ``pending``, which holds the net, the solver and the work of one step
+    while ``solver.step(1)`` runs and nothing otherwise: no reference cycle keeps a closed
+    session's solver alive.
+    """
+
+    def __init__(self, token, solver, base, batch, lr_reliable):
+        self.token = token
+        self.solver = solver
+        self.net = solver.net
+        self.base = base
+        self.batch = batch
+        self.lr_reliable = lr_reliable
+        self.params = self.net.params           # layer name -> BlobVec (pycaffe caches it)
+        self.inputs = list(self.net.inputs)
+        self.scalars = _scalar_outputs(self.net)
+        self.pending = {}
+        solver.add_callback(_nothing, _gradient_hook(self.pending))
+
+
+def _nothing():
+    pass
+
+
+def _gradient_hook(pending):
+    """The solver's ``on_gradients_ready`` callback of a session.
+
+    ``Solver::Step`` calls it once per iteration after ``ForwardBackward`` and before
+    ``ApplyUpdate`` (which regularizes, applies the lr and momentum, and updates the weights), so
+    what it adds to a diff goes through the solver's own update rule, and a masked diff stays
+    masked under weight decay as long as the masked weights are 0.  ``solver.lr`` is read here
+    because ``GetLearningRate`` depends on ``iter``, which ``Step`` increments only after the
+    update.  pycaffe's other hook, ``Net.after_backward``, would do too (the backward pass ends
+    with layer 0), but it calls into Python once per layer per iteration, to be filtered by
+    index, and belongs to the net rather than to the solver's step.
+    """
+    def on_gradients_ready():
+        solver = pending.get("solver")
+        if solver is None:
+            return
+        if pending.get("lr_reliable"):
+            pending["lr"] = float(solver.lr)
+        for blob, add, zero in pending.get("work", ()):
+            diff = blob.diff
+            if add is not None:
+                diff += add
+            if zero is not None:
+                np.copyto(diff, 0.0, where=zero)
+    return on_gradients_ready
+
+
 class Worker(object):
     TMP_PREFIX = "caffe_tucker_worker_"
 
@@ -194,9 +300,10 @@ class Worker(object):
         self.net = None
         self.net_key = None
         self.count = 0
+        self.session = None
 
     def close(self):
-        import shutil
+        self._end_session()
         self.net = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -360,56 +467,18 @@ class Worker(object):
         iteration), ``outputs`` (float32 per scalar output blob of the net), ``batch``,
         ``max_iter``, ``seconds``.
         """
-        from caffe.proto import caffe_pb2
-        from google.protobuf import text_format
         caffe = self.caffe
-        solver_text = req.get("solver")
-        net_text = req.get("net")
-        if not isinstance(solver_text, str) or not isinstance(net_text, str):
-            raise RequestError("train needs 'solver' and 'net' prototxt text")
-        param = caffe_pb2.SolverParameter()
-        try:
-            text_format.Merge(solver_text, param)
-        except text_format.ParseError as exc:
-            raise RequestError("cannot parse the solver: %s" % exc)
+        param = self._parse_solver(req, "train")
         if param.max_iter < 1:
             raise RequestError("the solver's max_iter must be >= 1; got %d" % param.max_iter)
-        if param.iter_size != 1:
-            raise RequestError("train feeds one batch per iteration: the solver's iter_size must "
-                               "be 1; got %d" % param.iter_size)
         seed = req.get("seed")
-        if seed is not None:
-            param.random_seed = int(seed)
         shuffle_seed = int(seed) if seed is not None else 0
-        self.count += 1
-        base = os.path.join(self.tmp, "train%d" % self.count)
-        os.mkdir(base)
-        net_path = os.path.join(base, "train.prototxt")
-        with open(net_path, "w") as f:
-            f.write(net_text)
-        for name in ("net", "net_param", "train_net", "train_net_param", "test_net",
-                     "test_net_param", "train_state", "test_state", "test_iter"):
-            param.ClearField(name)
-        param.train_net = net_path
-        param.test_interval = 0
-        param.test_initialization = False
-        param.snapshot = 0
-        param.snapshot_after_train = False
-        param.snapshot_prefix = os.path.join(base, "snapshot")
-        param.solver_mode = caffe_pb2.SolverParameter.CPU
-        solver_path = os.path.join(base, "solver.prototxt")
-        with open(solver_path, "w") as f:
-            f.write(text_format.MessageToString(param))
+        base, solver_path = self._write_solver(param, req, "train")
         caffe.set_mode_cpu()
         try:
             solver = caffe.get_solver(solver_path)  # an unparsable net aborts here (glog)
             net = solver.net
-            weights = req.get("caffemodel")
-            if weights is not None:
-                weights_path = os.path.join(base, "initial.caffemodel")
-                with open(weights_path, "wb") as f:
-                    f.write(weights)
-                net.copy_from(weights_path)
+            _copy_weights(net, base, req.get("caffemodel"))
             inputs = req.get("inputs") or {}
             names = list(net.inputs)
             if not names:
@@ -440,8 +509,7 @@ class Worker(object):
             order = np.zeros(0, dtype=np.int64)
             max_iter = int(param.max_iter)
             losses = np.zeros(max_iter, dtype=np.float32)
-            weights_of = net.blob_loss_weights
-            scalars = [n for n in net.outputs if net.blobs[n].data.size == 1]
+            scalars = _scalar_outputs(net)
             outputs = dict((n, np.zeros(max_iter, dtype=np.float32)) for n in scalars)
             t0 = time.perf_counter()
             done = 0
@@ -454,12 +522,7 @@ class Worker(object):
                     blob = net.blobs[n]
                     blob.data[...] = arrays[n][idx]
                 solver.step(1)
-                loss = 0.0
-                for n in net.outputs:
-                    w = weights_of.get(n, 0.0)
-                    if w:
-                        loss += w * float(net.blobs[n].data.sum())
-                losses[done] = loss
+                losses[done] = _weighted_loss(net)
                 for n in scalars:
                     outputs[n][done] = float(net.blobs[n].data.reshape(-1)[0])
                 done += 1
@@ -470,11 +533,355 @@ class Worker(object):
                 trained = f.read()
         finally:
             solver = net = None
-            import shutil
             shutil.rmtree(base, ignore_errors=True)
         return {"caffemodel": trained, "iterations": np.arange(1, done + 1, dtype=np.int32),
                 "loss": losses[:done], "outputs": dict((n, v[:done]) for n, v in outputs.items()),
                 "batch": batch, "max_iter": max_iter, "seconds": seconds}
+
+    # -- solvers ------------------------------------------------------------------------------
+    def _parse_solver(self, req, what):
+        """The SolverParameter of a request's ``solver`` text, with its ``seed`` applied."""
+        from caffe.proto import caffe_pb2
+        from google.protobuf import text_format
+        if not isinstance(req.get("solver"), str) or not isinstance(req.get("net"), str):
+            raise RequestError("%s needs 'solver' and 'net' prototxt text" % what)
+        param = caffe_pb2.SolverParameter()
+        try:
+            text_format.Merge(req["solver"], param)
+        except text_format.ParseError as exc:
+            raise RequestError("cannot parse the solver: %s" % exc)
+        if param.iter_size != 1:
+            raise RequestError("%s feeds one batch per iteration: the solver's iter_size must "
+                               "be 1; got %d" % (what, param.iter_size))
+        seed = req.get("seed")
+        if seed is not None:
+            param.random_seed = int(seed)
+        return param
+
+    def _write_solver(self, param, req, prefix):
+        """Write the request's net and ``param`` into a new directory, the net as the solver's
+        only net, with no testing and no snapshots of its own (snapshot_prefix points into the
+        directory, in binary proto format).  Returns (directory, solver path)."""
+        from caffe.proto import caffe_pb2
+        from google.protobuf import text_format
+        self.count += 1
+        base = os.path.join(self.tmp, "%s%d" % (prefix, self.count))
+        os.mkdir(base)
+        net_path = os.path.join(base, "train.prototxt")
+        with open(net_path, "w") as f:
+            f.write(req["net"])
+        for name in ("net", "net_param", "train_net", "train_net_param", "test_net",
+                     "test_net_param", "train_state", "test_state", "test_iter"):
+            param.ClearField(name)
+        param.train_net = net_path
+        param.test_interval = 0
+        param.test_initialization = False
+        param.snapshot = 0
+        param.snapshot_after_train = False
+        param.snapshot_prefix = os.path.join(base, "snapshot")
+        param.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+        param.snapshot_diff = False
+        param.solver_mode = caffe_pb2.SolverParameter.CPU
+        solver_path = os.path.join(base, "solver.prototxt")
+        with open(solver_path, "w") as f:
+            f.write(text_format.MessageToString(param))
+        return base, solver_path
+
+    # -- training sessions --------------------------------------------------------------------
+    def _session(self, req):
+        session = self.session
+        if session is None:
+            raise RequestError("no training session is open; open one first (session_open)",
+                               code="no_session")
+        token = req.get("session")
+        if token is not None and token != session.token:
+            raise RequestError("that training session was closed: the worker holds another one "
+                               "now (one at a time)", code="no_session")
+        return session
+
+    def _end_session(self):
+        session, self.session = self.session, None
+        if session is not None:
+            session.pending.clear()
+            session.solver = session.net = session.params = None
+            shutil.rmtree(session.base, ignore_errors=True)
+
+    def _param_blob(self, session, layer, what):
+        """Blob 0 (the weights) of a layer with learnable blobs."""
+        blobs = session.params.get(layer) if isinstance(layer, str) else None
+        if blobs is None:
+            raise RequestError("%s: no layer %r with learnable blobs in the net; those are %s"
+                               % (what, layer, list(session.params.keys())))
+        return blobs[0]
+
+    def _fetch(self, session, req):
+        """The request's ``fetch``: a list of layers with learnable blobs."""
+        fetch = req.get("fetch") or []
+        if not isinstance(fetch, list):
+            raise RequestError("fetch must be a list of layer names; got %r" % (fetch,))
+        for layer in fetch:
+            self._param_blob(session, layer, "fetch")
+        return fetch
+
+    def _weights(self, session, layers):
+        """Copies of the weights (blob 0, float32) of checked layers."""
+        return dict((layer, np.array(session.params[layer][0].data, dtype=np.float32, copy=True))
+                    for layer in layers)
+
+    def _session_info(self, session):
+        net = session.net
+        return {"session": session.token, "batch": session.batch,
+                "inputs": dict((n, list(net.blobs[n].data.shape[1:])) for n in session.inputs),
+                "params": dict((layer, [list(b.data.shape) for b in blobs])
+                               for layer, blobs in session.params.items()),
+                "outputs": session.scalars, "iter": int(session.solver.iter)}
+
+    def _req_session_open(self, req):
+        """Open a training session (closing the one open): a solver on a train net fed from
+        Input layers, stepped one iteration per ``session_step``.
+
+        Request: ``solver``, ``net``, ``caffemodel`` and ``seed`` as for ``train`` (the
+        solver's net fields, test nets and snapshot settings are replaced; ``iter_size`` must be
+        1; ``max_iter`` does not stop a session), and ``session`` (a token the runtime names the
+        session by; later requests that carry another are refused).
+
+        Response: ``batch``, ``inputs`` (input blob -> the shape of one sample), ``params``
+        (layer with learnable blobs -> the shapes of its blobs, in net order), ``outputs`` (the
+        scalar output blobs), ``iter`` (the solver's iteration).
+        """
+        self._end_session()
+        caffe = self.caffe
+        param = self._parse_solver(req, "a training session")
+        # GetLearningRate advances multistep's current step once per call; with stepvalues that
+        # do not increase, reading solver.lr in the hook would advance it twice in one iteration.
+        steps = list(param.stepvalue)
+        lr_reliable = (param.lr_policy != "multistep"
+                       or all(a < b for a, b in zip(steps, steps[1:])))
+        base, solver_path = self._write_solver(param, req, "session")
+        caffe.set_mode_cpu()
+        try:
+            solver = caffe.get_solver(solver_path)  # an unparsable net aborts here (glog)
+            net = solver.net
+            _copy_weights(net, base, req.get("caffemodel"))
+            names = list(net.inputs)
+            if not names:
+                raise RequestError("the train net has no Input layer to feed")
+            shapes = [net.blobs[n].data.shape for n in names]
+            if any(len(shape) == 0 or shape[0] != shapes[0][0] for shape in shapes):
+                raise RequestError("the net's input blobs must share a batch dimension; their "
+                                   "shapes are %s" % dict((n, list(shape))
+                                                          for n, shape in zip(names, shapes)))
+            if not hasattr(solver, "add_callback"):
+                raise RequestError("this pycaffe has no Solver.add_callback: training sessions "
+                                   "need BVLC Caffe 1.0's")
+            session = _Session(req.get("session"), solver, base, int(shapes[0][0]),
+                               lr_reliable)
+        except BaseException:
+            solver = net = None
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        self.session = session
+        return self._session_info(session)
+
+    def _req_session_step(self, req):
+        """Run one solver iteration on one batch.
+
+        Request: ``inputs`` (one array per input blob, of exactly the blob's shape),
+        ``add_diffs`` (optional: layer -> an array shaped like its weights, added to their
+        gradient), ``masks`` (optional: layer -> a 0/1 array shaped like its weights),
+        ``fetch`` (optional: layers whose weights to return).  ``solver.step(1)`` runs with the
+        session's ``on_gradients_ready`` hook: after the backward pass and before the update it
+        adds ``add_diffs[layer]`` to ``params[layer][0].diff`` and zeroes that diff where
+        ``masks[layer]`` is 0; after the update the weights are set to 0.0 there.  Everything is
+        checked before the step, so a refused request changes nothing.
+
+        Response: ``iter`` (after the step), ``loss`` (the weighted loss of this iteration's
+        forward pass), ``outputs`` (scalar output blob -> float), ``lr`` (the learning rate the
+        update used; absent where reading it could change the schedule), ``weights``.
+        """
+        session = self._session(req)
+        net = session.net
+        inputs = req.get("inputs") or {}
+        names = session.inputs
+        if sorted(inputs) != sorted(names):
+            raise RequestError("a step needs exactly one array per input blob of the net %s; "
+                               "got %s" % (names, sorted(inputs)))
+        for n in names:
+            want = tuple(net.blobs[n].data.shape)
+            if tuple(np.shape(inputs[n])) != want:
+                raise RequestError("input %r has shape %s; a step takes exactly one batch, %s"
+                                   % (n, _shape(inputs[n]), list(want)))
+        work = {}
+        for what, arrays in (("add_diffs", req.get("add_diffs")), ("masks", req.get("masks"))):
+            for layer, arr in (arrays or {}).items():
+                blob = self._param_blob(session, layer, what)
+                arr = np.asarray(arr)
+                if np.shape(arr) != blob.data.shape:
+                    raise RequestError("%s for layer %r has shape %s; the layer's weights (blob "
+                                       "0) have shape %s" % (what, layer, _shape(arr),
+                                                             list(blob.data.shape)))
+                item = work.setdefault(layer, [blob, None, None])
+                if what == "add_diffs":
+                    item[1] = np.asarray(arr, dtype=np.float32)
+                else:
+                    zero = arr == 0
+                    if not (zero | (arr == 1)).all():
+                        raise RequestError("masks for layer %r must hold only 0 and 1" % layer)
+                    item[2] = zero
+        fetch = self._fetch(session, req)
+        for n in names:
+            net.blobs[n].data[...] = inputs[n]
+        pending = session.pending
+        pending.update(solver=session.solver, work=list(work.values()),
+                       lr_reliable=session.lr_reliable)
+        try:
+            session.solver.step(1)
+            lr = pending.get("lr")
+        finally:
+            pending.clear()
+        for blob, _, zero in work.values():
+            if zero is not None:
+                np.copyto(blob.data, 0.0, where=zero)
+        result = {"iter": int(session.solver.iter), "loss": _weighted_loss(net),
+                  "outputs": dict((n, float(net.blobs[n].data.reshape(-1)[0]))
+                                  for n in session.scalars),
+                  "weights": self._weights(session, fetch)}
+        if lr is not None:
+            result["lr"] = lr
+        return result
+
+    def _req_session_set_params(self, req):
+        """Overwrite learnable blobs: ``params`` is layer -> a list of arrays, the first k blobs
+        of the layer (1 <= k <= its number of blobs), each of exactly the blob's shape.  All are
+        checked before any is written."""
+        session = self._session(req)
+        params = req.get("params")
+        if not isinstance(params, dict):
+            raise RequestError("session_set_params needs 'params': layer -> list of arrays")
+        writes = []
+        for layer, arrays in params.items():
+            self._param_blob(session, layer, "set_params")
+            blobs = session.params[layer]
+            if not isinstance(arrays, list) or not 1 <= len(arrays) <= len(blobs):
+                raise RequestError("set_params for layer %r needs a list of 1 to %d arrays (its "
+                                   "blobs, in order); got %s" % (
+                                       layer, len(blobs), "%d" % len(arrays)
+                                       if isinstance(arrays, list) else type(arrays).__name__))
+            for i, arr in enumerate(arrays):
+                arr = np.asarray(arr, dtype=np.float32)
+                shape = list(blobs[i].data.shape)
+                if _shape(arr) != shape:
+                    raise RequestError("set_params for layer %r blob %d has shape %s; the blob "
+                                       "has shape %s" % (layer, i, _shape(arr), shape))
+                writes.append((blobs[i], arr))
+        for blob, arr in writes:
+            blob.data[...] = arr
+        return {"iter": int(session.solver.iter)}
+
+    def _req_session_get(self, req):
+        """The weights (blob 0, float32) of the layers in ``fetch``."""
+        session = self._session(req)
+        return {"weights": self._weights(session, self._fetch(session, req)),
+                "iter": int(session.solver.iter)}
+
+    def _req_session_weights(self, req):
+        """All the net's weights as caffemodel bytes (``net.save``)."""
+        session = self._session(req)
+        path = os.path.join(session.base, "weights.caffemodel")
+        session.net.save(path)
+        try:
+            with open(path, "rb") as f:
+                return {"caffemodel": f.read(), "iter": int(session.solver.iter)}
+        finally:
+            os.remove(path)
+
+    def _req_session_snapshot(self, req):
+        """``solver.snapshot()``: the weights and the solver state (iteration, lr schedule
+        step, momentum history).  The state's ``learned_net`` names the caffemodel by its bare
+        file name (``snapshot_iter_N.caffemodel``) rather than a path in this worker's temp dir;
+        ``session_restore`` rewrites it anyway."""
+        from caffe.proto import caffe_pb2
+        session = self._session(req)
+        session.solver.snapshot()
+        it = int(session.solver.iter)
+        prefix = os.path.join(session.base, "snapshot_iter_%d" % it)  # Caffe's SnapshotFilename
+        try:
+            with open(prefix + ".caffemodel", "rb") as f:
+                model = f.read()
+            with open(prefix + ".solverstate", "rb") as f:
+                state = caffe_pb2.SolverState()
+                state.ParseFromString(f.read())
+        finally:
+            for ext in (".caffemodel", ".solverstate"):
+                try:
+                    os.remove(prefix + ext)
+                except OSError:
+                    pass
+        state.learned_net = os.path.basename(prefix + ".caffemodel")
+        return {"caffemodel": model, "solverstate": state.SerializeToString(), "iter": it}
+
+    def _req_session_restore(self, req):
+        """Restore a snapshot: ``solverstate`` (bytes) sets the iteration, the lr schedule step
+        and the momentum history (``solver.restore``), ``caffemodel`` (bytes, optional) the
+        weights.  The state's ``learned_net`` is rewritten to name the caffemodel sent (or
+        cleared when none is, keeping the weights), so a path from another machine never
+        matters.  The history is checked against the net's learnable blobs first: Caffe would
+        take a history of the wrong shapes without a word and then write out of bounds."""
+        from caffe.proto import caffe_pb2
+        from google.protobuf.message import DecodeError
+        session = self._session(req)
+        data = req.get("solverstate")
+        if not isinstance(data, (bytes, bytearray)):
+            raise RequestError("session_restore needs 'solverstate' bytes")
+        state = caffe_pb2.SolverState()
+        try:
+            state.ParseFromString(bytes(data))
+        except DecodeError as exc:
+            raise RequestError("cannot parse the solver state: %s" % exc)
+        learnable = _learnable(session.params)
+        n, k = len(learnable), len(state.history)
+        if n == 0 or k == 0 or k % n:
+            raise RequestError("the solver state holds %d history blobs, but the net has %d "
+                               "learnable blobs (a solver keeps 1 or 2 per blob): it comes from "
+                               "another net" % (k, n))
+        for i, blob in enumerate(state.history):
+            layer, j, shape = learnable[i % n]
+            size = int(np.prod(shape))
+            dims = list(blob.shape.dim) if blob.HasField("shape") else None
+            if len(blob.data) != size or (dims is not None and dims != shape):
+                raise RequestError("the solver state's history blob %d has shape %s (%d values); "
+                                   "it belongs to layer %r blob %d, of shape %s: the state comes "
+                                   "from another net" % (i, dims, len(blob.data), layer, j,
+                                                         shape))
+        model = req.get("caffemodel")
+        paths = []
+        try:
+            if model is not None:
+                path = os.path.join(session.base, "restore.caffemodel")
+                with open(path, "wb") as f:
+                    f.write(model)
+                paths.append(path)
+                state.learned_net = path  # weights that do not fit abort in restore (glog)
+            else:
+                state.ClearField("learned_net")
+            path = os.path.join(session.base, "restore.solverstate")
+            with open(path, "wb") as f:
+                f.write(state.SerializeToString())
+            paths.append(path)
+            session.solver.restore(path)
+        finally:
+            for path in paths:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        return {"iter": int(session.solver.iter)}
+
+    def _req_session_close(self, req):
+        session = self.session
+        if session is not None and req.get("session") in (None, session.token):
+            self._end_session()
+        return {}
 
     def serve(self, instream):
         while True:
