@@ -403,13 +403,13 @@ def sparsify(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOpti
                                coeffs.spatial if joint and phase == "regularize" else None,
                                coeffs.winograd if joint else None, e_s, e_w, zeros, metric)
                 rows.append(row)
-                if on_iteration:
-                    on_iteration(row)
                 if done % options.checkpoint_every == 0 or done == n_iter:
                     model_bytes, solverstate = session.snapshot()
                     state["iteration"] = done
                     _checkpoint(work, state, rows, measures, coeffs, None, model_bytes,
                                 masks if phase == "finetune" else None, solverstate)
+                if on_iteration:
+                    on_iteration(row)
             net = _net_with(deploy, session.caffemodel())
         finally:
             session.close()
