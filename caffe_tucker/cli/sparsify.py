@@ -69,8 +69,9 @@ def add_parser(subparsers):
                    help="both penalty coefficients' start exp(w0) (default 1e-3)")
     p.add_argument("--omega-lr", type=float_in(0), default=0.02, metavar="ETA",
                    help="step of the learnt log-coefficients (default 0.02)")
-    p.add_argument("--kappa", type=float_in(0), default=10.0,
-                   help="a = kappa * exp(w0) * R(w_0), the penalty on the coefficients (default 10)")
+    p.add_argument("--coefficient-target", type=float_in(0), default=1.0, metavar="C",
+                   help="where the coefficients settle while the penalties have not fallen: "
+                   "a = C * R(w_0) (default 1)")
     p.add_argument("--layers", type=names, metavar="L1,L2",
                    help="sparsify only these layers (default: every Convolution and InnerProduct)")
     p.add_argument("--eval-every", type=int_in(0), default=0, metavar="N",
@@ -127,7 +128,7 @@ def run(args) -> int:
         solver_type=args.solver_type, clip_gradients=args.clip_gradients, seed=args.seed,
         layers=args.layers, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
         penalty=PenaltyOptions(coefficient_init=args.coefficient_init, omega_lr=args.omega_lr,
-                               kappa=args.kappa))
+                               coefficient_target=args.coefficient_target))
     model = load_model(proto, weights)
     train, test = _data(args)
     train_net = read_net(args.train_val).for_state("TRAIN") if args.train_val else None

@@ -22,8 +22,10 @@ The coefficients are learnt: ``dC/dw = exp(w) R - a``.  Each iteration takes the
 (this project's choice: it makes ``eta`` the log-growth of the coefficient per iteration while
 the penalty is still large, on every model).  At equilibrium ``exp(w) R = a``: as training drives
 the small weights to zero the coefficient grows, which is what pushes them to zero; ``a`` sets
-how far.  ``a`` defaults to ``kappa exp(w0) R(w_0)`` from the first iteration's weights, and the
-coefficient is capped (``coefficient_max``) so the solver stays stable.
+how far.  ``a`` defaults to ``coefficient_target R(w_0)`` from the first iteration's weights: the
+coefficient climbs from ``coefficient_init`` to ``coefficient_target`` while the penalty stays
+where it started, and beyond as the penalty falls.  It is capped (``coefficient_max``) so the
+solver stays stable.
 
 References
 ----------
@@ -72,8 +74,9 @@ class PenaltyOptions:
         ``exp(w0)``, both coefficients' start.
     omega_lr : float > 0
         ``eta``, the coefficients' step (log-growth per iteration while the penalty is large).
-    kappa : float > 0
-        ``a = kappa exp(w0) R(w_0)`` for each domain, unless ``alpha_*`` is given.
+    coefficient_target : float > 0
+        ``a = coefficient_target R(w_0)`` for each domain, unless ``alpha_*`` is given: the
+        coefficient the penalty settles at while it has not fallen.
     alpha_spatial, alpha_winograd : float > 0 or None
         ``a_S``, ``a_W`` in absolute terms.
     coefficient_max : float > 0
@@ -84,7 +87,7 @@ class PenaltyOptions:
     winograd: float = 0.6
     coefficient_init: float = 1e-3
     omega_lr: float = 0.02
-    kappa: float = 10.0
+    coefficient_target: float = 1.0
     alpha_spatial: float | None = None
     alpha_winograd: float | None = None
     coefficient_max: float = 100.0
@@ -94,7 +97,8 @@ class PenaltyOptions:
         _number("winograd", self.winograd, "a float in [0, 1)", 0.0, 1.0)
         _number("coefficient_init", self.coefficient_init, "a float > 0", 0.0, low_open=True)
         _number("omega_lr", self.omega_lr, "a float > 0", 0.0, low_open=True)
-        _number("kappa", self.kappa, "a float > 0", 0.0, low_open=True)
+        _number("coefficient_target", self.coefficient_target, "a float > 0", 0.0,
+                low_open=True)
         _number("coefficient_max", self.coefficient_max, "a float > 0", 0.0, low_open=True)
         for name in ("alpha_spatial", "alpha_winograd"):
             value = getattr(self, name)
@@ -176,7 +180,7 @@ def initial_coefficients(weights: Mapping[str, np.ndarray], winograd_layers,
     def alpha(given, r):
         if given is not None:
             return float(given)
-        return max(options.kappa * options.coefficient_init * r, 1e-30)
+        return max(options.coefficient_target * r, 1e-30)
 
     return Coefficients(w0, w0, alpha(options.alpha_spatial, r_s),
                         alpha(options.alpha_winograd, r_w))

@@ -113,15 +113,16 @@ def test_coefficients_grow_while_penalty_is_small_stop_at_equilibrium_and_cap():
     assert nxt.omega_winograd == pytest.approx(at_eq.omega_winograd)
 
 
-def test_initial_alpha_is_kappa_times_the_first_penalty():
+def test_initial_alpha_is_the_target_times_the_first_penalty():
     tile = winograd_tile(2)
-    opts = PenaltyOptions(spatial=0.5, winograd=0.4, coefficient_init=1e-2, kappa=5.0)
+    opts = PenaltyOptions(spatial=0.5, winograd=0.4, coefficient_init=1e-2,
+                          coefficient_target=5.0)
     w = _weights()
     r_s, r_w, _, _ = penalties(w, {"conv"}, opts, tile)
     c = initial_coefficients(w, {"conv"}, opts, tile)
     assert c.spatial == pytest.approx(1e-2) and c.winograd == pytest.approx(1e-2)
-    assert c.alpha_spatial == pytest.approx(5.0 * 1e-2 * r_s)
-    assert c.alpha_winograd == pytest.approx(5.0 * 1e-2 * r_w)
+    assert c.alpha_spatial == pytest.approx(5.0 * r_s)
+    assert c.alpha_winograd == pytest.approx(5.0 * r_w)
     assert Coefficients.from_dict(c.to_dict()) == c
 
 
@@ -151,7 +152,7 @@ def test_descent_on_the_penalties_alone_empties_both_small_sets():
 
 
 @pytest.mark.parametrize("field,value", [("spatial", 1.0), ("winograd", -0.2), ("omega_lr", 0),
-                                         ("coefficient_init", -1.0), ("kappa", float("nan"))])
+                                         ("coefficient_init", -1.0), ("coefficient_target", float("nan"))])
 def test_penalty_options_refuse_bad_values(field, value):
     with pytest.raises(ValueError, match=rf"The '{field}' parameter of PenaltyOptions must be"):
         PenaltyOptions(**{field: value})
