@@ -61,6 +61,20 @@ def float_in(low: float, high: float | None = None, low_open: bool = True):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse ``type``: a share in [0, 1) (a sparsity: 1 would zero everything)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+fraction.__name__ = "fraction"
+
+
 def non_empty(text: str) -> str:
     """An argparse ``type`` for a path or a name: any text but an empty one (``-o ""`` would
     otherwise mean the default, or the current directory)."""

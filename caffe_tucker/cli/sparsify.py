@@ -11,14 +11,11 @@ from pathlib import Path
 
 from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_format, add_output,
                                    add_prototxt, add_seed, add_weights, caffe_runtime, float_in,
+                                   fraction,
                                    int_in, names, non_empty)
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import dumps_json, human, measure_columns, render, sparsify_columns
-
-
-def _ratio(text: str) -> float:
-    return float_in(0.0, 1.0, low_open=False)(text)
 
 
 def add_parser(subparsers):
@@ -43,9 +40,9 @@ def add_parser(subparsers):
     p.add_argument("--method", default="joint", choices=["joint", "spatial"],
                    help="joint: penalties in both domains (the paper); spatial: magnitude pruning "
                    "and fine-tuning only (the baseline) (default joint)")
-    p.add_argument("--spatial", type=_ratio, default=0.7, metavar="R",
+    p.add_argument("--spatial", type=fraction, default=0.7, metavar="R",
                    help="spatial sparsity per layer, fraction of zeros (default 0.7)")
-    p.add_argument("--winograd", type=_ratio, default=0.6, metavar="R",
+    p.add_argument("--winograd", type=fraction, default=0.6, metavar="R",
                    help="Winograd-domain sparsity per stride-1 3x3 layer (default 0.6)")
     p.add_argument("--tile", type=int, choices=[2, 4], default=2,
                    help="Winograd output tile m of F(m x m, 3 x 3) (default 2)")
@@ -113,7 +110,7 @@ def run(args) -> int:
     from caffe_tucker.sparsity.outputs import write_outputs
     from caffe_tucker.sparsity.record import sparsity_record
     from caffe_tucker.sparsity.regularizer import PenaltyOptions
-    from caffe_tucker.sparsity.schedule import SparsifyOptions, sparsify
+    from caffe_tucker.sparsity.schedule import SparsifyOptions, prepare_train_net, sparsify
 
     proto = Path(args.prototxt)
     weights = args.weights or default_weights_path(proto)
@@ -132,17 +129,23 @@ def run(args) -> int:
     model = load_model(proto, weights)
     train, test = _data(args)
     train_net = read_net(args.train_val).for_state("TRAIN") if args.train_val else None
+    train_net = prepare_train_net(model, train, test, options, train_net)  # before Caffe starts
     work = out.parent / f".{out.name}.sparsify-work"
     total = options.total_iterations
-    with Progress(total, f"sparsify {proto.name}", unit="") as bar, caffe_runtime(args) as rt:
-        def on_iteration(row):
-            bar.update(1, f"{row.phase} loss {row.loss:.4g}")
+    rt = caffe_runtime(args)
+    try:
+        with Progress(total, f"sparsify {proto.name}", unit="") as bar:
+            def on_iteration(row):
+                bar.update(1, f"{row.phase} loss {row.loss:.4g}")
 
-        def on_stage(stage):
-            bar.set_note(stage)
+            def on_stage(stage):
+                bar.set_note(stage)
 
-        result = sparsify(model, train, test, options, rt, train_net=train_net, work_dir=work,
-                          resume=args.resume, on_iteration=on_iteration, on_stage=on_stage)
+            result = sparsify(model, train, test, options, rt, train_net=train_net,
+                              work_dir=work, resume=args.resume, on_iteration=on_iteration,
+                              on_stage=on_stage)
+    finally:
+        rt.close()
     record = sparsity_record(result, proto.name)
     write_outputs(result, record, out, force=args.force, plot=not args.no_plot, inputs=inputs)
     if args.format == "json":

@@ -53,7 +53,8 @@ from caffe_tucker.sparsity.winograd import to_winograd, winograd_reason, winogra
 from caffe_tucker.sparsity.winograd_form import winograd_net
 
 __all__ = ["SparsifyOptions", "TrainRow", "Measure", "SparsifyRun", "sparsify", "METHODS",
-           "sparsified_layers", "winograd_weights", "evaluate", "STATE_FILE"]
+           "sparsified_layers", "winograd_weights", "evaluate", "check_data", "prepare_train_net",
+           "STATE_FILE"]
 
 METHODS = ("joint", "spatial")
 PHASES = ("regularize", "finetune")
@@ -211,6 +212,46 @@ def evaluate(runtime, prototxt: str, caffemodel: bytes, test: EvalSet, output: s
     return total / count
 
 
+def prepare_train_net(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOptions,
+                      train_net: Net | None = None) -> Net:
+    """The train net (``train_net``, or one built from the deploy net) after :func:`check_data`."""
+    if train_net is None:
+        train_net = build_train_net(model.net, train.sample_shapes(), options.batch,
+                                    classifier=test.metric == "accuracy")
+    check_data(model.net, train_net, train, test)
+    return train_net
+
+
+def check_data(deploy: Net, train_net: Net, train: TrainSet, test: EvalSet) -> None:
+    """Refuse data that does not fit the net, before Caffe is asked to run anything.
+
+    The train net (with the deploy net's weights) must take the training samples, and the deploy
+    net each test item, with every weight blob fitting; also, a classifier needs class labels.
+    """
+    from caffe_tucker.errors import ShapeError, WeightsMismatchError
+
+    def fits(net: Net, shapes, what: str):
+        try:
+            fit_weights(net, infer_shapes(net, shapes), required=False)
+        except (ShapeError, WeightsMismatchError) as exc:
+            given = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in (shapes or {}).items())
+            raise CaffeTuckerError(f"{what} does not fit the net ({given}): {exc}") from None
+
+    feeds = sorted(t for layer in train_net.layers if layer.type == "Input" for t in layer.tops)
+    if feeds != sorted(train.arrays):
+        raise CaffeTuckerError(
+            f"the training data ({train.source}) has arrays {sorted(train.arrays)}, but the train "
+            f"net's Input blobs are {feeds or 'none'}; hint: one array per Input blob (a train "
+            "net that reads Data layers cannot be fed by sparsify)")
+    weights = {layer.name: layer.blobs for layer in deploy.layers if layer.blobs}
+    tn = train_net.with_layers(layer.with_blobs(weights.get(layer.name, layer.blobs))
+                               for layer in train_net.layers)
+    fits(tn, None, f"the training data ({train.source})")
+    for inputs, _ in test.items[:1] + test.items[-1:]:
+        fits(deploy, {k: tuple(v.shape) for k, v in inputs.items()},
+             f"the test data ({test.source})")
+
+
 def _digest(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -319,9 +360,7 @@ def sparsify(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOpti
         else:
             skipped[name] = reason
     tile = winograd_tile(options.tile)
-    classifier = test.metric == "accuracy"
-    if train_net is None:
-        train_net = build_train_net(deploy, train.sample_shapes(), options.batch, classifier)
+    train_net = prepare_train_net(model, train, test, options, train_net)
     train_text = prototxt_text(train_net)
     deploy_text = prototxt_text(deploy)
     start_model = b"".join(caffemodel_chunks(deploy))

@@ -45,6 +45,13 @@ def bad(cifar, monkeypatch):
     paths["broken"].write_text('{"conv2": [25, 59}\n')
     paths["existing_model"].write_bytes(b"an earlier output\n")
     paths["existing_out"].mkdir()
+    import numpy as np
+    paths["npz"] = tmp / "cifar_train.npz"
+    np.savez(paths["npz"], data=np.zeros((4, 3, 32, 32), np.float32), label=np.arange(4))
+    paths["npz_small"] = tmp / "small.npz"
+    np.savez(paths["npz_small"], data=np.zeros((4, 3, 8, 8), np.float32), label=np.arange(4))
+    paths["npz_nolabel"] = tmp / "nolabel.npz"
+    np.savez(paths["npz_nolabel"], data=np.zeros((4, 3, 32, 32), np.float32))
     (paths["existing_out"] / "deploy.prototxt").write_text("an earlier output\n")
     # fetch must never reach the network or the user's cache.
     monkeypatch.setenv("CAFFE_TUCKER_CACHE", str(tmp / "cache"))
@@ -182,6 +189,31 @@ CASES = {
         ("output under a regular file", ["fetch", "alexnet", "-o", "{file}/a.caffemodel", "--url",
                                          "file://{weights}"], "cannot write the output"),
         ("empty --url", ["fetch", "alexnet", "--url", ""], "must not be empty"),
+    ],
+    "sparsify": [
+        ("missing net", ["sparsify", "{tmp}/missing.prototxt", "--train-data", "{npz}",
+                         "--test-data", "{npz}", "-o", "{tmp}/s"], "no such prototxt"),
+        ("no data given", ["sparsify", "{cifar}"],
+         "the following arguments are required: --train-data, --test-data"),
+        ("missing data file", ["sparsify", "{cifar}", "--train-data", "{tmp}/missing.npz",
+                               "--test-data", "{npz}", "-o", "{tmp}/s"], "no such file; give an .npz"),
+        ("data not an npz", ["sparsify", "{cifar}", "--train-data", "{file}", "--test-data",
+                             "{npz}", "-o", "{tmp}/s"], "not a readable .npz"),
+        ("a folder without images", ["sparsify", "{cifar}", "--train-data", "{dir}",
+                                     "--test-data", "{npz}", "-o", "{tmp}/s"], "holds no images"),
+        ("samples of another size", ["sparsify", "{cifar}", "--train-data", "{npz_small}",
+                                     "--test-data", "{npz}", "-o", "{tmp}/s"],
+         "does not fit the net"),
+        ("test data without labels", ["sparsify", "{cifar}", "--train-data", "{npz}",
+                                      "--test-data", "{npz_nolabel}", "-o", "{tmp}/s"],
+         "has no array 'label'"),
+        ("existing output without --force", ["sparsify", "{cifar}", "--train-data", "{npz}",
+                                             "--test-data", "{npz}", "-o", "{existing_out}"],
+         "pass --force"),
+        ("sparsity of 1", ["sparsify", "{cifar}", "--train-data", "{npz}", "--test-data", "{npz}",
+                           "--spatial", "1"], "argument --spatial: must be a number in [0, 1), got 1"),
+        ("tile 3", ["sparsify", "{cifar}", "--train-data", "{npz}", "--test-data", "{npz}",
+                    "--tile", "3"], "invalid choice: 3"),
     ],
     "reproduce": [
         ("unknown model", ["reproduce", "lenet", "-o", "{tmp}/r"], "unknown zoo model 'lenet'"),
