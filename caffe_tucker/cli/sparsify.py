@@ -13,6 +13,7 @@ from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_format, add
                                    add_prototxt, add_seed, add_weights, caffe_runtime, float_in,
                                    fraction,
                                    int_in, names, non_empty)
+from caffe_tucker.errors import OutputExistsError
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import dumps_json, human, measure_columns, render, sparsify_columns
@@ -110,7 +111,8 @@ def run(args) -> int:
     from caffe_tucker.sparsity.outputs import write_outputs
     from caffe_tucker.sparsity.record import sparsity_record
     from caffe_tucker.sparsity.regularizer import PenaltyOptions
-    from caffe_tucker.sparsity.schedule import SparsifyOptions, prepare_train_net, sparsify
+    from caffe_tucker.sparsity.schedule import (STATE_FILE, SparsifyOptions, prepare_train_net,
+                                               sparsify)
 
     proto = Path(args.prototxt)
     weights = args.weights or default_weights_path(proto)
@@ -131,6 +133,9 @@ def run(args) -> int:
     train_net = read_net(args.train_val).for_state("TRAIN") if args.train_val else None
     train_net = prepare_train_net(model, train, test, options, train_net)  # before Caffe starts
     work = out.parent / f".{out.name}.sparsify-work"
+    if (work / STATE_FILE).is_file() and not (args.resume or args.force):
+        raise OutputExistsError(f"{work}: an interrupted run's checkpoint is there; hint: pass "
+                                "--resume to continue it, or --force to start afresh")
     total = options.total_iterations
     rt = caffe_runtime(args)
     try:
