@@ -26,12 +26,13 @@ the codebook holds the range of levels used, ``step * [k_min .. k_max]``, so tha
 ``1 + k - k_min`` stands for level ``k``.  The step comes from exactly one of:
 
 - ``step``: given (one step for all layers is the paper's setting);
-- ``bits``: the smallest step whose levels for the kept weights, ``|w| <= A`` (``A`` their largest
-  magnitude), are guaranteed to fit ``2**bits - 1`` codebook entries, the symmetric range
-  ``k in [-m, m]`` with ``m = 2**(bits-1) - 1``: ``step = A / m = 2A / (2**bits - 2)`` for
-  uniform; ``step = A / (m - 1/2) = 2A / (2**bits - 3)`` for dithered, whose ``w + u`` reaches
-  ``A + step/2``.  At 2 bits that is ``{-A, 0, A}`` (uniform) and ``{-2A, 0, 2A}`` less the
-  dither;
+- ``bits``: the step whose ``L = 2**bits - 1`` cells exactly cover the values the quantizer
+  rounds, so that the levels used fit ``L`` codebook entries, ``k in [-m, m]`` with
+  ``m = 2**(bits-1) - 1``.  With ``A`` the kept weights' largest magnitude: uniform rounds
+  ``w in [-A, A]``, so ``step = 2A / (2**bits - 1)``; dithered rounds ``w + u in [-A - step/2,
+  A + step/2]``, so ``step = 2A / (2**bits - 2) = A / m``.  A value exactly at the end of the
+  range is a tie between the last level and the next; it goes to the last (error ``step/2``).
+  At 2 bits the levels are ``{-2A/3, 0, 2A/3}`` (uniform) and ``{-A, 0, A}`` less the dither;
 - ``rel_error``: the step whose RMS error is ``rel_error`` times the RMS of the kept weights
   under the uniform-error model (variance ``step**2 / 12``): ``step = sqrt(12) * rel_error *
   RMS(w)``.  Exact in expectation for the dithered quantizer; for plain uniform quantization
@@ -99,13 +100,14 @@ def dither_seed(seed: int, layer: str, blob: int = 0) -> int:
 
 
 def step_for_bits(max_abs: float, bits: int, method: str) -> float:
-    """The step that fits the kept weights (``|w| <= max_abs``) in ``2**bits - 1`` levels.
+    """The step whose ``2**bits - 1`` cells cover the kept weights (``|w| <= max_abs``).
 
-    ``2 * max_abs / (2**bits - 2)`` for ``uniform``, ``2 * max_abs / (2**bits - 3)`` for
-    ``dithered`` (see the module docstring); 0.0 when ``max_abs`` is 0.
+    ``2 * max_abs / (2**bits - 1)`` for ``uniform``, ``2 * max_abs / (2**bits - 2)`` for
+    ``dithered`` (whose dither widens the range by a step; see the module docstring); 0.0 when
+    ``max_abs`` is 0.
     """
     m = 2 ** (int(bits) - 1) - 1
-    return float(max_abs) / (m - 0.5 if method == "dithered" else m)
+    return float(max_abs) / (m if method == "dithered" else m + 0.5)
 
 
 def step_for_rel_error(rms: float, rel_error: float) -> float:
@@ -270,6 +272,9 @@ def quantize_blob(layer: str, blob_index: int, weights, *, method: str = "dither
         if seed_u is not None:
             x = values + dither(seed_u, values.size, step).astype(np.float64)
         levels = np.rint(x / step).astype(np.int64)
+        if bits is not None:               # a tie at the range's end rounds to even, outside
+            m = 2 ** (bits - 1) - 1
+            levels = np.clip(levels, -m, m)
     k_min, k_max = int(levels.min()), int(levels.max())
     count = k_max - k_min + 1
     if count > MAX_LEVELS:

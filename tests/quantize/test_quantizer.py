@@ -86,11 +86,16 @@ def test_uniform_error_is_at_most_half_a_step_on_the_grid():
         k = np.rint(q.codebook / q.step)                      # codebook = step * [kmin..kmax]
         np.testing.assert_array_equal(np.diff(k), 1)
         np.testing.assert_allclose(q.codebook, q.step * k, rtol=1e-6)
-    # 2 bits: the symmetric grid {-A, 0, A}, A the largest magnitude
+    # 2 bits: three cells of 2A/3 over [-A, A], A the largest magnitude
     q = quantize_blob("conv3", 0, w, method="uniform", bits=2)
     a = float(np.abs(w).max())
-    assert q.step == pytest.approx(a)
-    np.testing.assert_allclose(q.codebook, [-a, 0, a], rtol=1e-6)
+    assert q.step == pytest.approx(2 * a / 3)
+    np.testing.assert_allclose(q.codebook, [-2 * a / 3, 0, 2 * a / 3], rtol=1e-6)
+    # the ends of the range are ties between the last level and the next: the last is kept
+    edge = np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
+    q = quantize_blob("c", 0, edge, method="uniform", bits=2)
+    assert q.step == 1.0 and list(q.codebook) == [-1, 0, 1]
+    np.testing.assert_array_equal(np.abs(decode(q) - edge), 0.5)
 
 
 def test_kmeans_maps_each_weight_to_its_nearest_centroid():
@@ -133,8 +138,8 @@ def test_bits_bound_the_codebook(method):
         assert stats.levels <= stats.codebook == len(q.codebook)
         assert np.asarray(q.symbols).max() <= len(q.codebook)
     # and the step rules, written out
-    assert step_for_bits(1.0, 2, "uniform") == 1.0 and step_for_bits(1.0, 2, "dithered") == 2.0
-    assert step_for_bits(3.0, 3, "uniform") == 1.0 and step_for_bits(2.5, 3, "dithered") == 1.0
+    assert step_for_bits(1.5, 2, "uniform") == 1.0 and step_for_bits(1.0, 2, "dithered") == 1.0
+    assert step_for_bits(3.5, 3, "uniform") == 1.0 and step_for_bits(3.0, 3, "dithered") == 1.0
 
 
 @pytest.mark.parametrize("method", ["dithered", "uniform"])
