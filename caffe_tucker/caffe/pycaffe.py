@@ -14,7 +14,8 @@ described in that module)::
         with caffe.open_training(solver_text, train_net_text) as session:    # a custom loop
             for x, y in batches:
                 result = session.step({"data": x, "label": y}, add_diffs={"conv1": d},
-                                      masks={"conv1": keep}, fetch=["conv1"])
+                                      masks={"conv1": keep}, fetch=["conv1"],
+                                      fetch_diffs=["conv1"])
 
 Every failure is a :class:`CaffeRuntimeError` with a one-line message that names the command:
 no runtime configured, a command that does not exist, an interpreter without caffe, a worker that
@@ -34,7 +35,7 @@ import sys
 import threading
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -611,6 +612,10 @@ class StepResult:
         reading it would change the schedule.
     weights : dict of str to float32 ndarray
         The weights (blob 0) after the update of the layers asked for with ``fetch``.
+    diffs : dict of str to float32 ndarray
+        The gradient of the weights (blob 0) of the layers asked for with ``fetch_diffs``, as
+        the update received it: after the backward pass, ``add_diffs`` and ``masks``, before
+        weight decay, momentum and the learning rate.
     """
 
     iteration: int
@@ -618,6 +623,7 @@ class StepResult:
     outputs: dict[str, float]
     lr: float | None
     weights: dict[str, np.ndarray]
+    diffs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _layer_names(value, what: str, owner: str) -> list[str]:
@@ -673,8 +679,9 @@ class TrainingSession:
     Made by :meth:`CaffeRuntime.open_training`; a context manager.  Each :meth:`step` feeds one
     batch and runs ``solver.step(1)`` with a hook between the backward pass and the update
     that adds extra gradients (``add_diffs``, e.g. a regularizer's, computed in this process)
-    and masks them; the update itself is the solver's own (lr policy, momentum, weight decay).
-    Arrays travel as binary payloads; masks as uint8.
+    and masks them, and can copy the gradients out (``fetch_diffs``); the update itself is the
+    solver's own (lr policy, momentum, weight decay).  Arrays travel as binary payloads; masks
+    as uint8.
 
     Attributes
     ----------
@@ -685,7 +692,7 @@ class TrainingSession:
         ``(batch,) + input_shapes[name]`` for each.
     param_shapes : dict of str to tuple of tuples
         The shapes of the blobs of every layer with learnable blobs, in net order; blob 0 (the
-        weights) is what ``add_diffs``, ``masks`` and ``fetch`` address.
+        weights) is what ``add_diffs``, ``masks``, ``fetch`` and ``fetch_diffs`` address.
     outputs : tuple of str
         The net's scalar output blobs (reported by every step).
     iteration : int
@@ -743,7 +750,7 @@ class TrainingSession:
     def step(self, inputs: Mapping[str, np.ndarray], *,
              add_diffs: Mapping[str, np.ndarray] | None = None,
              masks: Mapping[str, np.ndarray] | None = None,
-             fetch: Sequence[str] = ()) -> StepResult:
+             fetch: Sequence[str] = (), fetch_diffs: Sequence[str] = ()) -> StepResult:
         """Run one solver iteration on one batch.
 
         Parameters
@@ -761,6 +768,11 @@ class TrainingSession:
             after it, so pruned weights stay exactly 0.  Masks apply to this step only.
         fetch : sequence of str
             Layers whose weights (after the update) to return.
+        fetch_diffs : sequence of str
+            Layers whose weight gradient to return (``StepResult.diffs``): the diff of blob 0
+            between the backward pass (plus ``add_diffs``, masked) and the update.  With a
+            solver at ``base_lr`` 0 the weights do not move and a caller can apply its own
+            update rule to them (codebook fine-tuning does).
 
         Returns
         -------
@@ -779,13 +791,15 @@ class TrainingSession:
         message = {"type": "session_step", "inputs": _float_arrays(inputs, "inputs", owner),
                    "add_diffs": _float_arrays(add_diffs, "add_diffs", owner),
                    "masks": _mask_arrays(masks, "masks", owner),
-                   "fetch": _layer_names(fetch, "fetch", owner)}
+                   "fetch": _layer_names(fetch, "fetch", owner),
+                   "fetch_diffs": _layer_names(fetch_diffs, "fetch_diffs", owner)}
         response = self._call("training step", message)
         self.iteration = int(response["iter"])
         lr = response.get("lr")
         return StepResult(iteration=self.iteration, loss=float(response["loss"]),
                           outputs={k: float(v) for k, v in response["outputs"].items()},
-                          lr=None if lr is None else float(lr), weights=dict(response["weights"]))
+                          lr=None if lr is None else float(lr), weights=dict(response["weights"]),
+                          diffs=dict(response.get("diffs") or {}))
 
     def set_params(self, params: Mapping[str, Sequence[np.ndarray]]) -> None:
         """Overwrite learnable blobs: layer -> its first k blobs' new values (e.g. ``[weights]``

@@ -267,7 +267,9 @@ def _gradient_hook(pending):
     ``Solver::Step`` calls it once per iteration after ``ForwardBackward`` and before
     ``ApplyUpdate`` (which regularizes, applies the lr and momentum, and updates the weights), so
     what it adds to a diff goes through the solver's own update rule, and a masked diff stays
-    masked under weight decay as long as the masked weights are 0.  ``solver.lr`` is read here
+    masked under weight decay as long as the masked weights are 0.  The diffs asked for with
+    ``fetch_diffs`` are copied here too, last: the gradient the update is about to apply (after
+    the additions and masks, before weight decay, momentum and the lr).  ``solver.lr`` is read here
     because ``GetLearningRate`` depends on ``iter``, which ``Step`` increments only after the
     update.  pycaffe's other hook, ``Net.after_backward``, would do too (the backward pass ends
     with layer 0), but it calls into Python once per layer per iteration, to be filtered by
@@ -285,6 +287,10 @@ def _gradient_hook(pending):
                 diff += add
             if zero is not None:
                 np.copyto(diff, 0.0, where=zero)
+        diffs = pending.get("diffs")
+        if diffs is not None:
+            for layer, blob in pending.get("diff_blobs", ()):
+                diffs[layer] = np.array(blob.diff, dtype=np.float32, copy=True)
     return on_gradients_ready
 
 
@@ -614,13 +620,13 @@ class Worker(object):
                                % (what, layer, list(session.params.keys())))
         return blobs[0]
 
-    def _fetch(self, session, req):
-        """The request's ``fetch``: a list of layers with learnable blobs."""
-        fetch = req.get("fetch") or []
+    def _fetch(self, session, req, key="fetch"):
+        """The request's ``fetch`` (or ``key``): a list of layers with learnable blobs."""
+        fetch = req.get(key) or []
         if not isinstance(fetch, list):
-            raise RequestError("fetch must be a list of layer names; got %r" % (fetch,))
+            raise RequestError("%s must be a list of layer names; got %r" % (key, fetch))
         for layer in fetch:
-            self._param_blob(session, layer, "fetch")
+            self._param_blob(session, layer, key)
         return fetch
 
     def _weights(self, session, layers):
@@ -689,15 +695,19 @@ class Worker(object):
         Request: ``inputs`` (one array per input blob, of exactly the blob's shape),
         ``add_diffs`` (optional: layer -> an array shaped like its weights, added to their
         gradient), ``masks`` (optional: layer -> a 0/1 array shaped like its weights),
-        ``fetch`` (optional: layers whose weights to return).  ``solver.step(1)`` runs with the
-        session's ``on_gradients_ready`` hook: after the backward pass and before the update it
-        adds ``add_diffs[layer]`` to ``params[layer][0].diff`` and zeroes that diff where
-        ``masks[layer]`` is 0; after the update the weights are set to 0.0 there.  Everything is
-        checked before the step, so a refused request changes nothing.
+        ``fetch`` (optional: layers whose weights to return), ``fetch_diffs`` (optional: layers
+        whose weight gradient to return).  ``solver.step(1)`` runs with the session's
+        ``on_gradients_ready`` hook: after the backward pass and before the update it adds
+        ``add_diffs[layer]`` to ``params[layer][0].diff``, zeroes that diff where
+        ``masks[layer]`` is 0, and copies the diffs of the ``fetch_diffs`` layers; after the
+        update the weights are set to 0.0 where masked.  Everything is checked before the step,
+        so a refused request changes nothing.
 
         Response: ``iter`` (after the step), ``loss`` (the weighted loss of this iteration's
         forward pass), ``outputs`` (scalar output blob -> float), ``lr`` (the learning rate the
-        update used; absent where reading it could change the schedule), ``weights``.
+        update used; absent where reading it could change the schedule), ``weights``, ``diffs``
+        (layer -> the gradient of its weights (blob 0, float32) as the update received it: with
+        ``base_lr`` 0 a tool can apply its own update rule).
         """
         session = self._session(req)
         net = session.net
@@ -729,11 +739,14 @@ class Worker(object):
                         raise RequestError("masks for layer %r must hold only 0 and 1" % layer)
                     item[2] = zero
         fetch = self._fetch(session, req)
+        fetch_diffs = self._fetch(session, req, "fetch_diffs")
         for n in names:
             net.blobs[n].data[...] = inputs[n]
         pending = session.pending
+        diffs = {}
         pending.update(solver=session.solver, work=list(work.values()),
-                       lr_reliable=session.lr_reliable)
+                       lr_reliable=session.lr_reliable, diffs=diffs,
+                       diff_blobs=[(layer, session.params[layer][0]) for layer in fetch_diffs])
         try:
             session.solver.step(1)
             lr = pending.get("lr")
@@ -745,7 +758,7 @@ class Worker(object):
         result = {"iter": int(session.solver.iter), "loss": _weighted_loss(net),
                   "outputs": dict((n, float(net.blobs[n].data.reshape(-1)[0]))
                                   for n in session.scalars),
-                  "weights": self._weights(session, fetch)}
+                  "weights": self._weights(session, fetch), "diffs": diffs}
         if lr is not None:
             result["lr"] = lr
         return result

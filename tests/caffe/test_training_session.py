@@ -82,6 +82,44 @@ def test_add_diffs_move_the_weights_by_minus_lr_times_them(caffe):
         np.testing.assert_allclose(moved[layer] - base[layer], -LR * d, rtol=0, atol=1e-6)
 
 
+def test_fetched_diffs_are_the_gradient_the_update_applied(caffe):
+    batch = _batches(1, seed=7)[0]
+    rng = np.random.default_rng(8)
+    extra = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    keep = rng.random((3, 48)) > 0.4
+    with caffe.open_training(SOLVER, NET) as session:             # SGD, momentum 0, decay 0
+        before = session.get_weights(["conv", "fc"])
+        result = session.step(batch, add_diffs={"conv": extra}, masks={"fc": keep},
+                              fetch=["conv", "fc"], fetch_diffs=["conv", "fc"])
+    assert sorted(result.diffs) == ["conv", "fc"]
+    for layer in ("conv", "fc"):
+        d = result.diffs[layer]
+        assert d.dtype == np.float32 and d.shape == before[layer].shape and np.abs(d).max() > 0
+        implied = (before[layer] - result.weights[layer]) / np.float32(LR)
+        moved = keep if layer == "fc" else np.ones(d.shape, bool)   # masked ones are set to 0
+        np.testing.assert_allclose(d[moved], implied[moved], rtol=1e-4, atol=1e-5)
+    assert not result.diffs["fc"][~keep].any()          # taken after the masks
+    # after add_diffs too: the same step without them differs by exactly the addition
+    with caffe.open_training(SOLVER, NET) as session:
+        plain = session.step(batch, fetch_diffs=["conv"])
+    np.testing.assert_allclose(result.diffs["conv"] - plain.diffs["conv"], extra, atol=1e-6)
+    assert plain.weights == {}
+
+    # base_lr 0: nothing moves, the gradient is still there (a tool's own update rule)
+    frozen = SOLVER.replace(f"base_lr: {LR}", "base_lr: 0")
+    with caffe.open_training(frozen, NET) as session:
+        start = session.get_weights(["conv", "fc"])
+        results = [session.step(b, fetch=["conv", "fc"], fetch_diffs=["fc"])
+                   for b in _batches(2, seed=9)]
+    for r in results:
+        assert r.lr == 0.0 and list(r.diffs) == ["fc"] and np.abs(r.diffs["fc"]).max() > 0
+        for layer in ("conv", "fc"):
+            assert r.weights[layer].tobytes() == start[layer].tobytes()
+    assert results[0].diffs["fc"].tobytes() != results[1].diffs["fc"].tobytes()  # other batch
+    # no fetch_diffs: no diffs
+    assert StepResult(1, 0.0, {}, None, {}).diffs == {}
+
+
 def test_masked_weights_stay_exactly_zero(caffe):
     rng = np.random.default_rng(2)
     keep_conv = rng.random((3, 1, 3, 3)) > 0.5                       # bool
@@ -162,6 +200,7 @@ def test_misuse_is_refused_in_one_line_naming_the_layer(caffe):
              r"add_diffs for layer 'conv' has shape \[3, 9\]; the layer's weights \(blob 0\) "
              r"have shape \[3, 1, 3, 3\]"),
             (dict(fetch=["loss"]), r"fetch: no layer 'loss' with learnable blobs"),
+            (dict(fetch_diffs=["nope"]), r"fetch_diffs: no layer 'nope' with learnable blobs"),
         ]
         for kwargs, pattern in cases:
             with pytest.raises(CaffeRuntimeError, match=pattern) as exc:
