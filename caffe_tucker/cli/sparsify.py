@@ -88,15 +88,18 @@ def add_parser(subparsers):
     return p
 
 
-def _data(args):
+def load_data(train_data, test_data, scale: int, patch: int):
+    """The training and test sets of ``--train-data``/``--test-data`` (npz files or image
+    folders; ``train_data`` may be None)."""
     from caffe_tucker.sparsity.data import (eval_set_from_npz, sr_eval_set, sr_train_set,
                                             train_set_from_npz)
 
-    train_path, test_path = Path(args.train_data), Path(args.test_data)
-    train = (sr_train_set(train_path, args.scale, args.patch, args.patch) if train_path.is_dir()
-             else train_set_from_npz(train_path))
-    test = (sr_eval_set(test_path, args.scale) if test_path.is_dir()
-            else eval_set_from_npz(test_path))
+    train = None
+    if train_data is not None:
+        path = Path(train_data)
+        train = sr_train_set(path, scale, patch, patch) if path.is_dir() else train_set_from_npz(path)
+    path = Path(test_data)
+    test = sr_eval_set(path, scale) if path.is_dir() else eval_set_from_npz(path)
     return train, test
 
 
@@ -129,7 +132,7 @@ def run(args) -> int:
         penalty=PenaltyOptions(coefficient_init=args.coefficient_init, omega_lr=args.omega_lr,
                                coefficient_target=args.coefficient_target))
     model = load_model(proto, weights)
-    train, test = _data(args)
+    train, test = load_data(args.train_data, args.test_data, args.scale, args.patch)
     train_net = read_net(args.train_val).for_state("TRAIN") if args.train_val else None
     train_net = prepare_train_net(model, train, test, options, train_net)  # before Caffe starts
     work = out.parent / f".{out.name}.sparsify-work"

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 __all__ = ["Column", "human", "render", "FORMATS", "dumps_json", "info_columns", "ranks_columns",
            "verify_columns", "bench_columns", "reproduce_columns", "sparsify_columns",
-           "measure_columns"]
+           "measure_columns", "quantize_columns"]
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -229,3 +229,20 @@ def measure_columns() -> list[Column]:
     """Columns of ``sparsify``'s measures (one row per model, measured in Caffe)."""
     return [Column("model", "stage"), Column("measure", "metric"),
             Column("value", "shown", str, ">")]
+
+
+def _bits(v) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def quantize_columns() -> list[Column]:
+    """Columns of the ``quantize`` report (one row per quantized blob)."""
+    return [Column("layer", "layer"), Column("method", "method"),
+            Column("weights", "weights", _human_or_blank, ">"),
+            Column("non-zero", "nonzero", _human_or_blank, ">"),
+            Column("levels", "levels", str, ">"), Column("step", "step", _g3, ">"),
+            Column("rel. error", "rel_error", _g3, ">"),
+            Column("entropy bits", "entropy", _bits, ">"),
+            Column("coded bytes", "coded_bytes", str, ">"),
+            Column("bits/weight", "bits_per_weight", _bits, ">"),
+            Column("bits/non-zero", "bits_per_nonzero", _bits, ">")]
