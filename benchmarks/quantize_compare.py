@@ -53,7 +53,7 @@ def digits():
     train = TrainSet({"data": x_tr, "label": y_tr}, "digits train split")
     sparse = SparsifyOptions(spatial=0.9, winograd=0.9, regularize_iterations=600,
                              finetune_iterations=400, batch=64, lr=0.005, finetune_lr=0.001)
-    return model, train, test, sparse, dict(lr=1e-3, batch=64)
+    return model, train, test, sparse, dict(lr=0.1, batch=64)
 
 
 def vdsr(shared: Path):
@@ -64,7 +64,7 @@ def vdsr(shared: Path):
     sparse = SparsifyOptions(spatial=0.5, winograd=0.5, regularize_iterations=150,
                              finetune_iterations=150, batch=8, lr=1e-4, finetune_lr=1e-4,
                              solver_type="Adam", penalty=PenaltyOptions(omega_lr=0.1))
-    return model, train, test, sparse, dict(lr=1e-4, batch=8)
+    return model, train, test, sparse, dict(lr=1e-3, batch=8)
 
 
 def main(argv=None) -> int:

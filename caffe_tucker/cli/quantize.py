@@ -48,7 +48,9 @@ def add_parser(subparsers):
                    help="training patch size for image directories (default 41)")
     p.add_argument("--finetune-iterations", type=int_in(0), default=0, metavar="N",
                    help="codebook fine-tuning iterations in Caffe (default 0: none)")
-    p.add_argument("--lr", type=float_in(0), default=1e-3, help="codebook step (default 1e-3)")
+    p.add_argument("--lr", type=float_in(0), default=0.1,
+                   help="step of the shared values on their average gradient (default 0.1; an "
+                   "entry shared by most weights, such as zero, is the most sensitive)")
     p.add_argument("--momentum", type=float_in(0.0, 1.0, low_open=False), default=0.9,
                    help="codebook momentum (default 0.9)")
     p.add_argument("--batch", type=int_in(1), default=32, help="minibatch (default 32)")

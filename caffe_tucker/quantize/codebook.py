@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["QuantizedBlob", "decode", "dither", "symbol_dtype"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuantizedBlob:
     layer: str
     blob: int                                   # which blob of the layer (0: the weights)

@@ -45,7 +45,7 @@ class QuantizeOptions:
     seed: int = 0
     codec: str = "bz2"
     finetune_iterations: int = 0
-    lr: float = 1e-3
+    lr: float = 0.1
     momentum: float = 0.9
     batch: int = 32
 
