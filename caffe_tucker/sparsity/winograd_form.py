@@ -16,9 +16,10 @@ Winograd-domain weights ``U`` (T, C, a, a) (:mod:`caffe_tucker.sparsity.winograd
    reaches output ``t`` through the kernel ``Aᵀ[:, i] ⊗ Aᵀ[:, j]`` (other outputs zero), which
    writes ``Aᵀ M A`` as the m x m output tile at (y·m, x·m); the original bias (and its
    multipliers) is this layer's.
-4. When an output side ``out = H + 2p - 2`` is not a multiple of m, ``e`` (:func:`extra_padding`)
-   more rows/columns of padding make the tiles cover output positions ``-e ... out - 1``, and
-   ``L_wg_crop`` (``Crop``, axis 2, offsets (eh, ew)) cuts the output back.  Its reference blob
+4. ``e = m - 1`` (:func:`extra_padding`) more rows/columns of padding make the tiles cover
+   output positions ``-e ... out - 1`` for every output size ``out = H + 2p - 2`` (the same form
+   serves every input size), and ``L_wg_crop`` (``Crop``, axis 2, offsets (eh, ew)) cuts the
+   output back.  Its reference blob
    must have the output's spatial size: the input itself when ph = pw = 1, otherwise
    ``L_wg_ref``, a ``Pooling`` MAX of the input with stride 1, pad ``q = max(0, 2p - 2)`` and
    kernel ``2(q - p) + 3`` per axis (for p = 0 and p = 2 the 3 x 3 pad-p window; Caffe refuses
@@ -82,19 +83,15 @@ def extra_padding(out_hw, tile: WinogradTile) -> tuple[int, int]:
     """The extra symmetric padding ``(eh, ew)`` the form adds so its tiles cover the output.
 
     Caffe's a x a, stride-m convolution with pad ``p + e`` yields ``floor((out + 2e) / m)`` tiles
-    per axis, covering output positions ``-e ... m·floor((out + 2e) / m) - e - 1``; ``e`` is the
-    smallest ``e ≥ 0`` with ``m·floor((out + 2e) / m) ≥ out + e`` (0 when m divides ``out``).
-    The tile count is then ``ceil(out / m)`` as without the shift.
+    per axis, covering output positions ``-e ... m·floor((out + 2e) / m) - e - 1``.  ``e = m - 1``
+    is the smallest ``e`` that covers *every* output size (``m·floor((out + 2e)/m) ≥ out + 2e -
+    m + 1 ≥ out + e``), so the form, and its tile grid (which matters for filters pruned in the
+    Winograd domain), are the same whatever size the net's input takes: fully convolutional nets
+    (VDSR) run on images of any size.  ``out_hw`` is checked only.
     """
-    def one(out: int) -> int:
-        e = 0
-        while (out + 2 * e) // tile.m * tile.m < out + e:
-            e += 1
-        return e
-
     out_h, out_w = (int(v) for v in out_hw)
     check_param("out_hw", (out_h, out_w), out_h > 0 and out_w > 0, "positive", "extra_padding")
-    return one(out_h), one(out_w)
+    return tile.m - 1, tile.m - 1
 
 
 def input_transform_blob(channels: int, tile: WinogradTile) -> np.ndarray:
@@ -229,7 +226,7 @@ def winograd_layers(layer: Layer, U: np.ndarray, tile: WinogradTile,
         base.include.add().CopyFrom(rule)
     for rule in layer.spec.exclude:
         base.exclude.add().CopyFrom(rule)
-    crop = (eh, ew) != (0, 0)
+    crop = True  # always: the form must fit every input size
     out_top = names["out"] if crop else layer.tops[0]
 
     def new(key, typ, bottoms, top, blobs, **params):

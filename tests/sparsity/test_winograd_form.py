@@ -147,25 +147,27 @@ def emulate(net, inputs):
 # ---------------------------------------------------------------- sizes
 
 @pytest.mark.parametrize("m", TILES)
-def test_extra_padding_is_the_smallest_that_covers(m):
+def test_extra_padding_covers_every_output_size(m):
     """Caffe's a x a stride-m convolution with pad p + e gives (H + 2(p+e) - a) // m + 1 tiles;
-    they must cover output positions -e .. out-1, and no smaller e may do."""
+    they must cover output positions -e .. out-1 for every size (one form for any input), and
+    m - 1 is the smallest e that does so for all of them."""
     t = winograd_tile(m)
-    for h in range(1, 14):
+    for h in range(1, 30):
         for p in range(4):
             out = h + 2 * p - 2
             if out <= 0:
                 continue
             e, e_w = extra_padding((out, out + 1), t)
-            assert e_w == extra_padding((out + 1, out), t)[0]
+            assert (e, e_w) == (m - 1, m - 1)
 
             def tiles(extra):
                 return (h + 2 * (p + extra) - t.a) // m + 1
 
             assert tiles(e) * m - e >= out                     # covers the output
-            assert e == 0 or tiles(e - 1) * m - (e - 1) < out  # the smallest that does
-            assert (e == 0) == (out % m == 0) and 0 <= e < m
-            assert tiles(e) == -(-out // m)                    # as many tiles as ceil(out / m)
+            assert tiles(e) <= -(-out // m) + 1                # at most one tile more than needed
+    # a smaller e leaves some size uncovered
+    short = [out for out in range(1, 30) if ((out + 2 * (m - 2)) // m) * m - (m - 2) < out]
+    assert short
 
 
 def test_extra_padding_checks_sizes():
@@ -217,15 +219,16 @@ def test_form_layers_names_params_and_tops():
     assert [(l.name, l.type, l.bottoms, l.tops) for l in new] == [
         ("conv0_wg_in", "Convolution", ("data",), ("conv0_wg_in",)),
         ("conv0_wg_mul", "Convolution", ("conv0_wg_in",), ("conv0_wg_mul",)),
-        ("conv0_wg_out", "Deconvolution", ("conv0_wg_mul",), ("conv0",)),
+        ("conv0_wg_out", "Deconvolution", ("conv0_wg_mul",), ("conv0_wg_out",)),
+        ("conv0_wg_crop", "Crop", ("conv0_wg_out", "data"), ("conv0",)),
     ]
-    first, mul, out = (l.spec for l in new)
+    first, mul, out = (l.spec for l in new[:3])
     assert [(p.lr_mult, p.decay_mult) for p in first.param] == [(0, 0)]
     assert [(p.lr_mult, p.decay_mult, p.name) for p in mul.param] == [(3, 0.5, "")]
     assert [(p.lr_mult, p.decay_mult) for p in out.param] == [(0, 0), (2, 0)]
     cp = first.convolution_param
     assert (cp.num_output, list(cp.kernel_size), list(cp.stride), list(cp.pad), cp.group,
-            cp.bias_term) == (16 * 3, [4], [2], [1], 1, False)
+            cp.bias_term) == (16 * 3, [4], [2], [2], 1, False)     # pad 1 + e (1)
     cp = mul.convolution_param
     assert (cp.num_output, list(cp.kernel_size), cp.group, cp.bias_term) == (16 * 4, [1], 16, False)
     cp = out.convolution_param
@@ -277,14 +280,18 @@ def test_pad_as_a_list_of_two_is_pad_h_and_pad_w():
         form(pad=[0, 2, 1])
 
 
-def test_form_of_a_divisible_output_ends_in_the_deconvolution():
+def test_one_form_serves_every_input_size():
+    """The form built for one input size runs at others (fully convolutional nets): its layers
+    are the same whatever the size, and always end in the Crop."""
     net = synthetic(pads=[(1, 1)], shape=(1, 3, 8, 4))
     layer = net.layer("conv0")
     for m in TILES:
         t = winograd_tile(m)
-        new = winograd_layers(layer, to_winograd(layer.blobs[0], t), t, (1, 3, 8, 4))
-        assert [l.type for l in new] == ["Convolution", "Convolution", "Deconvolution"]
-        assert new[-1].tops == ("conv0",)
+        u = to_winograd(layer.blobs[0], t)
+        forms = [[(l.type, l.spec.SerializeToString()) for l in
+                  winograd_layers(layer, u, t, (1, 3, h, w))] for h, w in ((8, 4), (7, 9), (5, 5))]
+        assert forms[0] == forms[1] == forms[2]
+        assert [typ for typ, _ in forms[0]] == ["Convolution", "Convolution", "Deconvolution", "Crop"]
 
 
 @pytest.mark.parametrize("m", TILES)
@@ -302,7 +309,7 @@ def test_form_shapes_and_cost(m):
     for name in weights:
         assert after.blobs[name] == before.blobs[name]
         oh, ow = before.blobs[name][2:]
-        th, tw = -(-oh // m), -(-ow // m)
+        th, tw = (oh + 2 * (m - 1)) // m, (ow + 2 * (m - 1)) // m     # the tiles of pad p + m - 1
         assert after.blobs[f"{name}_wg_in"] == (n, a * a * c, th, tw)
         assert cost.row(f"{name}_wg_in").flops == (a * a * c) * c * a * a * th * tw
         assert cost.row(f"{name}_wg_mul").flops == (a * a * tt) * c * th * tw
@@ -342,7 +349,7 @@ def test_winograd_net_keeps_everything_else():
     assert form is not model.net and model.net.layer("conv2").type == "Convolution"
     names = [l.name for l in form.layers]
     i = names.index("conv2_wg_in")
-    assert names[i:i + 4] == ["conv2_wg_in", "conv2_wg_mul", "conv2_wg_out", "relu2"]
+    assert names[i:i + 5] == ["conv2_wg_in", "conv2_wg_mul", "conv2_wg_out", "conv2_wg_crop", "relu2"]
     kept = [l for l in form.layers if not l.name.startswith("conv2_wg_")]
     assert [l.name for l in kept] == [l.name for l in model.net.layers if l.name != "conv2"]
     assert all(l is model.net.layer(l.name) for l in kept)
@@ -408,7 +415,8 @@ def test_digits_in_caffe(caffe):
         got = caffe.forward(form, None, {"data": x}, ["data"] + convs)
         errors[m, "pruned"] = max(
             rel(got[name], np.maximum(winograd_correlate(
-                got[inputs[name]], pruned[name], t, (1, 1), net.layer(name).blobs[1]), 0))
+                got[inputs[name]], pruned[name], t, (1, 1), net.layer(name).blobs[1],
+                offset=extra_padding((8, 8), t)), 0))
             for name in convs)
     assert max(errors.values()) <= 1e-4, errors
 
@@ -431,3 +439,23 @@ def test_odd_sizes_in_caffe(caffe):
         ref = reference(net, x, pruned, t)
         errors[m, "pruned"] = max(rel(got[k], ref[k]) for k in convs)
     assert max(errors.values()) <= 1e-4, errors
+
+
+@pytest.mark.parametrize("m", TILES)
+def test_a_form_built_for_one_size_runs_at_others_in_caffe(caffe, m):
+    """VDSR's deploy says 256x256 but runs on whole images: the form built for the declared
+    size must compute the same pruned Winograd convolution at any other size."""
+    net = synthetic(pads=[(1, 1), (0, 0)], shape=(1, 3, 8, 8))
+    t = winograd_tile(m)
+    pruned = {l.name: prune(to_winograd(l.blobs[0], t)) for l in net.layers if l.blobs}
+    form = winograd_net(net, infer_shapes(net), pruned, t)
+    rng = np.random.default_rng(1)
+    for h, w in ((7, 9), (11, 6), (8, 8)):
+        x = rng.standard_normal((1, 3, h, w)).astype(F32)
+        got = caffe.forward(form, None, {"data": x}, list(pruned))
+        for name, (ph, pw) in (("conv0", (1, 1)), ("conv1", (0, 0))):
+            out_hw = (h + 2 * ph - 2, w + 2 * pw - 2)
+            want = winograd_correlate(x, pruned[name], t, (ph, pw), net.layer(name).blobs[1],
+                                      offset=extra_padding(out_hw, t))
+            assert got[name].shape == want.shape
+            assert rel(got[name], want) <= 1e-4, (name, h, w)
