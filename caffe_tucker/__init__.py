@@ -5,7 +5,7 @@ The pipeline, one package per stage:
 ``io`` (read, upgrade, emit) -> ``model.load_model`` -> ``analysis`` (shapes, cost) ->
 ``compress`` (plan, ranks, methods, decompose, rewrite, record, convert) ->
 ``caffe`` (verify / bench / finetune in real Caffe) ; ``sparsity`` (joint spatial/Winograd
-sparsity, trained in real Caffe) ; ``report`` renders, ``cli`` parses.
+sparsity, trained in real Caffe) -> ``quantize`` (universal quantization, the .ctz container) ; ``report`` renders, ``cli`` parses.
 
 The public API is what this module exports; everything else may change.
 """
@@ -21,6 +21,8 @@ from caffe_tucker.io.emit import write_caffemodel, write_prototxt
 from caffe_tucker.io.fillers import init_weights
 from caffe_tucker.io.read import read_caffemodel, read_net, read_prototxt
 from caffe_tucker.model import Model, load_model
+from caffe_tucker.quantize.container import Packed, caffemodel_net, read_container, write_container
+from caffe_tucker.quantize.pipeline import QuantizeOptions, QuantizeResult, quantize_model
 from caffe_tucker.sparsity.record import SparsityRecord, sparsity_record
 from caffe_tucker.sparsity.schedule import SparsifyOptions, SparsifyRun, sparsify
 
@@ -32,6 +34,8 @@ __all__ = [
     "convert", "fit_weights", "get_method", "infer_shapes", "init_weights", "load", "load_model",
     "method_names", "read_caffemodel", "read_net", "read_prototxt", "read_record", "register",
     "SparsifyOptions", "SparsifyRun", "SparsityRecord", "sparsify", "sparsity_record",
+    "Packed", "QuantizeOptions", "QuantizeResult", "caffemodel_net", "quantize_model",
+    "read_container", "write_container",
     "write_caffemodel", "write_outputs", "write_prototxt", "__version__",
 ]
 
