@@ -13,7 +13,7 @@ from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_format, add
                                    add_prototxt, add_seed, add_weights, caffe_runtime, float_in,
                                    fraction,
                                    int_in, names, non_empty)
-from caffe_tucker.errors import OutputExistsError
+from caffe_tucker.errors import InputFileError, OutputExistsError
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import dumps_json, human, measure_columns, render, sparsify_columns
@@ -109,7 +109,7 @@ def _shown(metric: str, value: float) -> str:
 
 def run(args) -> int:
     # imported on use so that --help and the other subcommands stay quick.
-    from caffe_tucker.io.read import default_weights_path, read_net
+    from caffe_tucker.io.read import default_weights_path, read_net, read_prototxt
     from caffe_tucker.model import load_model
     from caffe_tucker.sparsity.outputs import write_outputs
     from caffe_tucker.sparsity.record import sparsity_record
@@ -118,7 +118,14 @@ def run(args) -> int:
                                                sparsify)
 
     proto = Path(args.prototxt)
-    weights = args.weights or default_weights_path(proto)
+    weights = args.weights
+    if weights is None:
+        read_prototxt(proto)  # a missing or malformed net is named before the missing weights
+        weights = default_weights_path(proto)
+        if weights is None:
+            raise InputFileError(f"{proto}: no weights given and no "
+                                 f"{proto.with_suffix('.caffemodel').name} beside it; hint: pass "
+                                 "--weights W.caffemodel (sparsify starts from a trained model)")
     out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_sparse"
     inputs = [proto, weights, args.train_val, args.train_data, args.test_data]
     check_out_dir(out, args.force, inputs)  # fail before the work, not after

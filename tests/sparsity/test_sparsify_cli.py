@@ -32,3 +32,14 @@ def test_help_names_the_phases_and_the_targets(cli):
     for flag in ("--spatial", "--winograd", "--regularize-iterations", "--finetune-iterations",
                  "--resume", "--tile"):
         assert flag in text
+
+
+def test_a_net_without_weights_is_refused_with_a_hint(cli, tmp_path):
+    import shutil
+
+    shutil.copy(DIGITS / "deploy.prototxt", tmp_path / "net.prototxt")
+    data = _data(tmp_path)
+    code, out, err = cli("sparsify", tmp_path / "net.prototxt", "--train-data", data,
+                         "--test-data", data)
+    assert code == 1 and err.count("\n") == 1
+    assert "no weights given and no net.caffemodel beside it; hint: pass --weights" in err
