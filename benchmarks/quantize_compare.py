@@ -96,14 +96,17 @@ def main(argv=None) -> int:
             print(f"sparsified in {time.perf_counter() - t0:.0f} s: "
                   f"{dict((m.stage, round(m.value, 4)) for m in run.measures)}", flush=True)
         for start, m in starts.items():
+            original = None
             for method in args.methods.split(","):
                 for b in bits:
                     for iters in sorted({0, finetune}):
                         options = QuantizeOptions(method=method, bits=b, finetune_iterations=iters,
                                                   **tune)
                         t0 = time.perf_counter()
-                        res = quantize_model(m, options, runtime=rt, train=train, test=test)
+                        res = quantize_model(m, options, runtime=rt, train=train, test=test,
+                                             original=original)
                         r = res.report
+                        original = r.measures.get("original")
                         row = {"model": args.model, "start": start, "method": method, "bits": b,
                                "finetune": iters, "container": r.sizes["container"],
                                "caffemodel": r.sizes["caffemodel"], "xz": r.sizes["xz"],

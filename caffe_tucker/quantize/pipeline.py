@@ -100,11 +100,13 @@ def generic_sizes(caffemodel: bytes) -> dict:
 
 
 def quantize_model(model: Model, options: QuantizeOptions, *, runtime=None, train=None,
-                   test=None, meta: dict | None = None, on_iteration=None) -> QuantizeResult:
+                   test=None, meta: dict | None = None, on_iteration=None,
+                   original: float | None = None) -> QuantizeResult:
     """Quantize ``model``, fine-tune its codebooks if asked, pack it; see the module docstring.
 
     ``runtime`` and ``test`` measure the model in Caffe (original, quantized, fine-tuned);
-    ``train`` is needed for ``finetune_iterations`` > 0.
+    ``train`` is needed for ``finetune_iterations`` > 0; ``original``, if known, is the original
+    model's measure (not taken again).
     """
     net = model.net
     quantized = quantize_net(net, options.layers, options.method, bits=options.bits,
@@ -131,7 +133,8 @@ def quantize_model(model: Model, options: QuantizeOptions, *, runtime=None, trai
         from caffe_tucker.sparsity.schedule import evaluate
 
         text = prototxt_text(net)
-        measures["original"] = evaluate(runtime, text, b"".join(caffemodel_chunks(net)), test)
+        measures["original"] = (original if original is not None else
+                                evaluate(runtime, text, b"".join(caffemodel_chunks(net)), test))
         if "quantized" not in measures:
             measures["quantized"] = evaluate(runtime, text,
                                              b"".join(caffemodel_chunks(decoded)), test)
