@@ -80,6 +80,7 @@ def main(argv=None) -> int:
                    help="regularize and fine-tune iterations (default digits 1000,1000; vdsr 150,150)")
     p.add_argument("--omega-lr", type=float, default=None,
                    help="the coefficients' step (default digits 0.02, vdsr 0.1: a shorter ramp)")
+    p.add_argument("--methods", default="spatial,joint", help="which of spatial,joint to run")
     p.add_argument("--patch", type=int, default=32, help="vdsr training patch (default 32)")
     p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared folder")
     p.add_argument("--out", default=str(HERE), help="where the JSON/CSV/PNG go")
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     rows = []
     with CaffeRuntime(timeout=3600) as rt:
         for r in levels:
-            for method in ("spatial", "joint"):
+            for method in args.methods.split(","):
                 w = args.winograd if args.winograd is not None else r
                 options = SparsifyOptions(method=method, spatial=r, winograd=w, tile=2,
                                           penalty=PenaltyOptions(omega_lr=omega_lr), **base)

@@ -431,6 +431,17 @@ class CaffeRuntime:
             self._raise_refused("hello", response)
         return {k: v for k, v in response.items() if k not in ("ok", "net_key")}
 
+    def release(self) -> None:
+        """Let the worker drop the net it keeps loaded between forwards (and its blobs' memory);
+        a no-op when the worker is not running."""
+        with self._lock:
+            if not self.alive:
+                return
+            response = self._request("release", {"type": "release"})
+            self._net_key = None
+        if not response.get("ok"):
+            self._raise_refused("release", response)
+
     def forward(self, prototxt, caffemodel=None, inputs: Mapping[str, np.ndarray] | None = None,
                 blobs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run one TEST-phase forward pass in Caffe (CPU) and return blobs.

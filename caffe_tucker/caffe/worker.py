@@ -385,6 +385,15 @@ class Worker(object):
         return list(blobs)
 
     # -- requests -----------------------------------------------------------------------------
+    def _req_release(self, req):
+        """Drop the cached net (its blobs can be gigabytes); the next forward loads it again."""
+        import gc
+        had = self.net is not None
+        self.net = None
+        self.net_key = None
+        gc.collect()
+        return {"released": had}
+
     def _req_hello(self, req):
         caffe = self.caffe
         info = {

@@ -53,7 +53,7 @@ from caffe_tucker.sparsity.winograd import to_winograd, winograd_reason, winogra
 from caffe_tucker.sparsity.winograd_form import winograd_net
 
 __all__ = ["SparsifyOptions", "TrainRow", "Measure", "SparsifyRun", "sparsify", "METHODS",
-           "sparsified_layers", "winograd_weights", "evaluate", "check_data", "prepare_train_net",
+           "sparsified_layers", "winograd_weights", "evaluate", "check_data", "prepare_train_net", "check_forward_memory",
            "STATE_FILE"]
 
 METHODS = ("joint", "spatial")
@@ -199,17 +199,43 @@ def _score(metric: str, outputs, target, shave: int) -> tuple[float, int]:
     return psnr(outputs, target, shave), 1
 
 
-def evaluate(runtime, prototxt: str, caffemodel: bytes, test: EvalSet, output: str | None = None) -> float:
-    """The test measure of a net in Caffe: accuracy (share) or mean PSNR (dB)."""
+def evaluate(runtime, prototxt: str, caffemodel: bytes, test: EvalSet, output: str | None = None,
+             net: Net | None = None) -> float:
+    """The test measure of a net in Caffe: accuracy (share) or mean PSNR (dB).
+
+    With ``net`` (the same net as a graph) the memory Caffe's blobs will take on the largest
+    test item is checked first (:func:`check_forward_memory`).  The worker drops the net when
+    done, so its blobs do not stay in memory beside a training session.
+    """
+    if net is not None:
+        check_forward_memory(net, test)
     total = count = 0.0
-    for inputs, target in test.items:
-        got = runtime.forward(prototxt, caffemodel, inputs=inputs,
-                              blobs=[output] if output else None)
-        out = got[output] if output else next(iter(got.values()))
-        s, n = _score(test.metric, out, target, test.shave)
-        total += s
-        count += n
+    try:
+        for inputs, target in test.items:
+            got = runtime.forward(prototxt, caffemodel, inputs=inputs,
+                                  blobs=[output] if output else None)
+            out = got[output] if output else next(iter(got.values()))
+            s, n = _score(test.metric, out, target, test.shave)
+            total += s
+            count += n
+    finally:
+        release = getattr(runtime, "release", None)
+        if release is not None:
+            release()
     return total / count
+
+
+def check_forward_memory(net: Net, test: EvalSet) -> None:
+    """Refuse to run ``net`` on test items whose blobs would not fit in memory (one line, the
+    figure, a hint) rather than have the operating system kill Caffe."""
+    from caffe_tucker.analysis.validate import check_allocation
+
+    worst = 0
+    for inputs, _ in test.items:
+        shapes = infer_shapes(net, {k: tuple(v.shape) for k, v in inputs.items()})
+        worst = max(worst, 4 * sum(int(np.prod(s)) for s in shapes.blobs.values() if s))
+    check_allocation(worst, f"running {net.name or 'the net'} on the largest test item in Caffe",
+                     "test on smaller images, or raise the limit if the machine has the memory")
 
 
 def prepare_train_net(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOptions,
@@ -361,6 +387,9 @@ def sparsify(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOpti
             skipped[name] = reason
     tile = winograd_tile(options.tile)
     train_net = prepare_train_net(model, train, test, options, train_net)
+    if wl:  # the Winograd form is measured at the end: refuse now if it cannot fit, not then
+        check_forward_memory(winograd_net(deploy, infer_shapes(deploy),
+                                          winograd_weights(deploy, wl, 0.0, tile), tile), test)
     train_text = prototxt_text(train_net)
     deploy_text = prototxt_text(deploy)
     start_model = b"".join(caffemodel_chunks(deploy))
@@ -372,7 +401,8 @@ def sparsify(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOpti
         work.remove()
 
     def measure(net: Net) -> float:
-        return evaluate(runtime, prototxt_text(net), b"".join(caffemodel_chunks(net)), test)
+        return evaluate(runtime, prototxt_text(net), b"".join(caffemodel_chunks(net)), test,
+                        net=net)
 
     if state is None:
         state = {"key": key, "phase": PHASES[0], "iteration": 0, "rows": [], "measures": [],
@@ -490,10 +520,14 @@ def _checkpoint(work: _Work, state: dict, rows, measures, coeffs, net, model_byt
 
 
 def _form_error(runtime, spatial: Net, form: Net, test: EvalSet) -> float:
-    """Max |form - spatial| / max |spatial| on the first test item, both run in Caffe."""
-    inputs, _ = test.items[0]
-    a = runtime.forward(prototxt_text(spatial), b"".join(caffemodel_chunks(spatial)), inputs=inputs)
-    b = runtime.forward(prototxt_text(form), b"".join(caffemodel_chunks(form)), inputs=inputs)
+    """Max |form - spatial| / max |spatial| on the smallest test item, both run in Caffe."""
+    inputs, _ = min(test.items, key=lambda item: sum(v.size for v in item[0].values()))
+    try:
+        a = runtime.forward(prototxt_text(spatial), b"".join(caffemodel_chunks(spatial)),
+                            inputs=inputs)
+        b = runtime.forward(prototxt_text(form), b"".join(caffemodel_chunks(form)), inputs=inputs)
+    finally:
+        runtime.release()
     worst = 0.0
     for name, x in a.items():
         y = b[name]

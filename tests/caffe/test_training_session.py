@@ -254,3 +254,17 @@ def test_a_session_dies_with_its_worker(caffe_command):
             session.step(_batches(1)[0])
         session.close()  # no worker to tell: nothing happens
         assert not runtime.alive
+
+
+def test_release_drops_the_cached_net_and_forward_loads_it_again(caffe):
+    from pathlib import Path
+
+    zoo = Path(__file__).resolve().parents[2] / "zoo_models" / "digits"
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    first = caffe.forward(zoo / "deploy.prototxt", zoo / "digits.caffemodel", {"data": x})
+    caffe.release()
+    assert caffe.hello()["nets_loaded"] >= 1
+    again = caffe.forward(zoo / "deploy.prototxt", zoo / "digits.caffemodel", {"data": x})
+    np.testing.assert_array_equal(first["prob"], again["prob"])
+    caffe.release()
+    caffe.release()  # twice is fine
