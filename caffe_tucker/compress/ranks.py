@@ -157,7 +157,8 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
             mats = method.unfoldings(kernel.astype(np.float64, copy=False))
             chosen = []
             for mode, matrix in mats.items():
-                result = evbmf(matrix, weaken=weaken) if how == "vbmf" else None
+                result = (evbmf(matrix, weaken=weaken, solver="global") if how == "vbmf"
+                          else None)
                 values = result.singular_values if result is not None else \
                     np.linalg.svd(matrix, compute_uv=False)
                 found.setdefault(mode, []).append(values)
