@@ -12,6 +12,8 @@ solvers are compared on the layers where their ranks differ, the global one havi
 energy there.
 """
 
+import argparse
+import json
 import math
 import re
 
@@ -19,8 +21,13 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq, fminbound
 
-from caffe_tucker.compress.vbmf import evbmf
+from caffe_tucker.cli.main import build_parser
+from caffe_tucker.compress.convert import ConvertOptions, choose_ranks, convert
+from caffe_tucker.compress.record import CompressionRecord
+from caffe_tucker.compress.vbmf import SOLVERS, evbmf
+from caffe_tucker.errors import CaffeTuckerError
 from caffe_tucker.model import load_model
+from caffe_tucker.report.markdown import convert_markdown
 from conftest import TEST_MODELS, ZOO
 
 MODELS = {
@@ -191,6 +198,64 @@ def test_global_solver_has_the_lower_free_energy_where_ranks_differ(name, key):
     assert _free_energy(Y, glob.sigma2) <= _free_energy(Y, ref.sigma2)
 
 
+#: Planned layers (the tool's default plan) whose ranks differ: {layer: (reference, global)}.
+LAYER_DIFFERENCES = {
+    "digits": {"fc1": ((25,), (27,))},
+    "cifar10_quick": {"conv2": ((14, 14), (14, 13)), "conv3": ((10, 6), (10, 5))},
+    "resnet20_cifar10": {"Convolution9": ((4, 3), (5, 3)), "Convolution11": ((8, 4), (8, 5)),
+                         "Convolution17": ((12, 5), (13, 5)), "Convolution18": ((9, 4), (7, 4)),
+                         "Convolution20": ((9, 10), (7, 10))},
+    "lenet_mnist_v1format": {"ip1": ((91,), (115,))},
+}
+PLANNED = {"digits": 4, "cifar10_quick": 5, "resnet20_cifar10": 20, "lenet_mnist_v1format": 4}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_planned_layers_where_the_solvers_differ(name):
+    """The README's count: the solvers give different ranks on 9 of the 33 planned layers."""
+    prototxt, weights, shapes = MODELS[name]
+    ranks = {}
+    for solver in SOLVERS:
+        options = ConvertOptions(vbmf_solver=solver, input_shapes=shapes, spectra=False)
+        ranks[solver] = {k: c.ranks for k, c in
+                         choose_ranks(prototxt, weights, options, progress=False)[2].items()}
+    assert len(ranks["reference"]) == PLANNED[name]
+    assert {k: (v, ranks["global"][k]) for k, v in ranks["reference"].items()
+            if v != ranks["global"][k]} == LAYER_DIFFERENCES[name]
+
+
+# --------------------------------------------------------------------------
+# The option through convert, and its record
+# --------------------------------------------------------------------------
+
+def test_convert_records_the_solver(cifar):
+    record = convert(cifar, options=ConvertOptions(vbmf_solver="reference", spectra=False),
+                     progress=False).record
+    assert record.vbmf_solver == "reference"
+    assert "ranks by `vbmf` (solver `reference`)" in convert_markdown(record)
+    data = record.to_json()
+    assert data["vbmf_solver"] == "reference" and data["version"] == 1
+    assert CompressionRecord.from_json(data).vbmf_solver == "reference"
+    # A record written before the key existed had its VBMF ranks from the global solver.
+    del data["vbmf_solver"]
+    assert CompressionRecord.from_json(data).vbmf_solver == "global"
+    data["rank_method"] = "energy:0.9"
+    assert CompressionRecord.from_json(data).vbmf_solver is None
+    other = convert(cifar, options=ConvertOptions(rank_method="ratio:0.5", spectra=False),
+                    progress=False).record
+    assert other.vbmf_solver is None and other.to_json()["vbmf_solver"] is None
+
+
+def test_cli_solver_flag(cli, cifar):
+    def conv2(*extra):
+        code, out, err = cli("ranks", cifar, "--format", "json", *extra)
+        assert code == 0, err
+        return json.loads(out)["conv2"]
+
+    assert conv2("--vbmf-solver", "reference") == [14, 14]
+    assert conv2("--vbmf-solver", "global") == [14, 13]
+
+
 # --------------------------------------------------------------------------
 # Parameter errors
 # --------------------------------------------------------------------------
@@ -202,6 +267,27 @@ def test_bad_solver(solver, shown):
            f"Got {shown} instead.")
     with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
         evbmf(np.ones((3, 4)), solver=solver)
+
+
+def test_bad_vbmf_solver_in_convert(cifar):
+    msg = ("The 'vbmf-solver' parameter of convert must be one of 'reference', 'global'. "
+           "Got 'exact' instead.")
+    with pytest.raises(CaffeTuckerError, match=f"^{re.escape(msg)}$"):
+        choose_ranks(cifar, options=ConvertOptions(vbmf_solver="exact"), progress=False)
+
+
+def test_bad_vbmf_solver_flag(cli, cifar):
+    code, _, err = cli("convert", cifar, "--vbmf-solver", "exact")
+    assert code == 1 and "argument --vbmf-solver: invalid choice: 'exact'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_choices_are_the_solvers():
+    """cli/args.py spells the choices out (importing the module would slow down --help)."""
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in ("convert", "ranks"):
+        (action,) = [a for a in sub.choices[command]._actions if a.dest == "vbmf_solver"]
+        assert tuple(action.choices) == SOLVERS
 
 
 def test_reference_refuses_overflowing_squares():
