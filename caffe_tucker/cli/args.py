@@ -141,10 +141,10 @@ def add_compression(p):
                    help="how ranks are chosen (default vbmf)")
     p.add_argument("--weaken", type=float_in(0), default=1.0,
                    help="scale VBMF's estimated noise variance (>1 keeps fewer components)")
-    p.add_argument("--vbmf-solver", default="global", choices=["reference", "global"],
-                   help="how VBMF estimates the noise variance: reference (the ranks of the "
-                   "public Python VBMF port Tucker tools use) or global (default; the free "
-                   "energy's global minimum)")
+    p.add_argument("--vbmf-solver", default="reference", choices=["reference", "global"],
+                   help="how VBMF estimates the noise variance: reference (default; the ranks of "
+                   "the public Python VBMF port Tucker tools use) or global (the free energy's "
+                   "global minimum)")
     add_input_shape(p)
 
 

@@ -56,7 +56,7 @@ class ConvertOptions:
     ranks_source: str = "ranks file"
     rank_method: str = "vbmf"
     weaken: float = 1.0
-    vbmf_solver: str = "global"        # evbmf's solver: "reference" (the port's ranks) or "global"
+    vbmf_solver: str = "reference"     # evbmf's solver: "reference" (the port's ranks) or "global"
     input_shapes: dict | None = None
     train_val: str | None = None
     train_source: str | None = None

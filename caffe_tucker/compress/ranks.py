@@ -14,10 +14,9 @@ Rank methods
     The rank the empirical VBMF of Nakajima et al. (2013) estimates, the
     noise variance estimated too (:func:`caffe_tucker.compress.vbmf.evbmf`);
     ``weaken`` scales that variance (> 1 keeps fewer components) and
-    ``vbmf_solver`` says how it is estimated: ``"global"`` (default), the
-    global minimum of the free energy, or ``"reference"`` as the public
-    Python port of Nakajima's code that Tucker tools call, so the ranks are
-    theirs.
+    ``vbmf_solver`` says how it is estimated: ``"reference"`` (default) as
+    the public Python port of Nakajima's code that Tucker tools call, so the
+    ranks are theirs, or ``"global"``, the global minimum of the free energy.
 ``energy:F``
     The smallest rank keeping a fraction F of the squared singular values.
 ``ratio:F``
@@ -132,7 +131,7 @@ def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
 def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vbmf",
                  weaken: float = 1.0, fixed: dict | None = None, progress=None,
                  spectra: bool = True, method_options: dict | None = None,
-                 vbmf_solver: str = "global") -> dict[str, RankChoice]:
+                 vbmf_solver: str = "reference") -> dict[str, RankChoice]:
     """Choose ranks for every layer of ``plan`` (``fixed`` ranks win).
 
     A rank is chosen on each of the method's unfoldings, per group; the
