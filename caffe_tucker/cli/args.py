@@ -123,7 +123,7 @@ def add_net_input(p):
 
 def add_compression(p):
     """The net to compress and how: prototxt, ``--weights``, ``--preset``, ``--layers``,
-    ``--ranks``, ``--rank-method``, ``--weaken``, ``--input-shape``
+    ``--ranks``, ``--rank-method``, ``--weaken``, ``--vbmf-solver``, ``--input-shape``
     (read back by :func:`convert_options`)."""
     add_prototxt(p, "deploy net definition")
     add_weights(p, "trained weights (default: <prototxt stem>.caffemodel beside it)")
@@ -141,6 +141,10 @@ def add_compression(p):
                    help="how ranks are chosen (default vbmf)")
     p.add_argument("--weaken", type=float_in(0), default=1.0,
                    help="scale VBMF's estimated noise variance (>1 keeps fewer components)")
+    p.add_argument("--vbmf-solver", default="reference", choices=["reference", "global"],
+                   help="how VBMF estimates the noise variance: reference (default; the ranks of "
+                   "the public Python VBMF port Tucker tools use) or global (the free energy's "
+                   "global minimum)")
     add_input_shape(p)
 
 
@@ -194,7 +198,7 @@ def convert_options(args, **extra):
         blocks=args.blocks,
         ranks=read_ranks_file(args.ranks) if args.ranks else None,
         ranks_source=args.ranks or "ranks file",
-        rank_method=args.rank_method, weaken=args.weaken,
+        rank_method=args.rank_method, weaken=args.weaken, vbmf_solver=args.vbmf_solver,
         input_shapes=input_shapes(args), **extra)
 
 

@@ -56,6 +56,7 @@ class ConvertOptions:
     ranks_source: str = "ranks file"
     rank_method: str = "vbmf"
     weaken: float = 1.0
+    vbmf_solver: str = "reference"     # evbmf's solver: "reference" (the port's ranks) or "global"
     input_shapes: dict | None = None
     train_val: str | None = None
     train_source: str | None = None
@@ -184,7 +185,8 @@ def choose_ranks(prototxt, weights=None, options: ConvertOptions = ConvertOption
     with Progress(len(plan), "ranks") as bar:
         choices = select_ranks(model.net, model.shapes, plan, options.rank_method, options.weaken,
                                fixed, progress=bar if progress else None,
-                               method_options=options.method_options())
+                               method_options=options.method_options(),
+                               vbmf_solver=options.vbmf_solver)
     return model, preset, choices
 
 
@@ -210,7 +212,8 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     with Progress(len(plan), "select ranks") as bar:
         choices = select_ranks(net, shapes, plan, options.rank_method, options.weaken, fixed,
                                progress=bar if progress else None, spectra=options.spectra,
-                               method_options=options.method_options())
+                               method_options=options.method_options(),
+                               vbmf_solver=options.vbmf_solver)
     timings["ranks"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -282,7 +285,9 @@ def _build_record(model: Model, preset: str, choices, decompositions, compressed
     rank_method = (f"fixed ({options.ranks_source})" if options.ranks is not None
                    else options.rank_method)
     return CompressionRecord(model=model.net.name, preset=preset, rank_method=rank_method,
-                             weaken=options.weaken, layers=tuple(rows),
+                             weaken=options.weaken,
+                             vbmf_solver=options.vbmf_solver if rank_method == "vbmf" else None,
+                             layers=tuple(rows),
                              total=Totals.of(before, after), source_prototxt=model.prototxt,
                              source_weights=model.weights)
 

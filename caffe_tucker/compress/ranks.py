@@ -1,4 +1,4 @@
-"""Stage 3, select ranks: global analytic VBMF on the kernel unfoldings (Kim et al., Sec. 3.2).
+"""Stage 3, select ranks: analytic empirical VBMF on the kernel unfoldings (Kim et al., Sec. 3.2).
 
 A Caffe convolution kernel is a blob of shape ``(T, S/g, D, D)``.  For
 Tucker-2 the paper takes R3 from the mode-3 unfolding (S × D²T: one row per
@@ -13,7 +13,10 @@ Rank methods
 ``vbmf``
     The rank the empirical VBMF of Nakajima et al. (2013) estimates, the
     noise variance estimated too (:func:`caffe_tucker.compress.vbmf.evbmf`);
-    ``weaken`` scales that variance (> 1 keeps fewer components).
+    ``weaken`` scales that variance (> 1 keeps fewer components) and
+    ``vbmf_solver`` says how it is estimated: ``"reference"`` (default) as
+    the public Python port of Nakajima's code that Tucker tools call, so the
+    ranks are theirs, or ``"global"``, the global minimum of the free energy.
 ``energy:F``
     The smallest rank keeping a fraction F of the squared singular values.
 ``ratio:F``
@@ -36,7 +39,7 @@ import numpy as np
 from caffe_tucker.analysis.cost import layer_cost
 from caffe_tucker.analysis.shapes import ShapeInfo
 from caffe_tucker.compress.methods import get_method
-from caffe_tucker.compress.vbmf import evbmf
+from caffe_tucker.compress.vbmf import SOLVERS, evbmf
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.graph import Net
 
@@ -127,7 +130,8 @@ def check_manual_ranks(net: Net, shapes: ShapeInfo, plan: dict, ranks: dict,
 
 def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vbmf",
                  weaken: float = 1.0, fixed: dict | None = None, progress=None,
-                 spectra: bool = True, method_options: dict | None = None) -> dict[str, RankChoice]:
+                 spectra: bool = True, method_options: dict | None = None,
+                 vbmf_solver: str = "reference") -> dict[str, RankChoice]:
     """Choose ranks for every layer of ``plan`` (``fixed`` ranks win).
 
     A rank is chosen on each of the method's unfoldings, per group; the
@@ -139,12 +143,18 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
     its plot; with ``spectra=False`` they are skipped for layers whose ranks
     are fixed, which then need no SVD at all.
 
+    ``vbmf_solver`` (``"reference"`` or ``"global"``) is passed to
+    :func:`~caffe_tucker.compress.vbmf.evbmf` as its ``solver`` for
+    ``rank_method="vbmf"``.
+
     Returns a mapping layer name -> :class:`RankChoice`, with ``skipped_reason``
     set for layers that will be left untouched.
     """
     how, arg = parse_rank_method(rank_method)
     check_param("weaken", weaken, isinstance(weaken, (int, float)) and weaken > 0, "a float > 0",
                 "convert", exc=CaffeTuckerError)
+    check_param("vbmf-solver", vbmf_solver, isinstance(vbmf_solver, str) and vbmf_solver in SOLVERS,
+                "one of " + ", ".join(map(repr, SOLVERS)), "convert", exc=CaffeTuckerError)
     fixed = fixed or {}
     out = {}
     for name, method_name in plan.items():
@@ -157,7 +167,8 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
             mats = method.unfoldings(kernel.astype(np.float64, copy=False))
             chosen = []
             for mode, matrix in mats.items():
-                result = evbmf(matrix, weaken=weaken) if how == "vbmf" else None
+                result = (evbmf(matrix, weaken=weaken, solver=vbmf_solver) if how == "vbmf"
+                          else None)
                 values = result.singular_values if result is not None else \
                     np.linalg.svd(matrix, compute_uv=False)
                 found.setdefault(mode, []).append(values)

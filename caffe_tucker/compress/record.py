@@ -26,7 +26,9 @@ from caffe_tucker.model import Model
 __all__ = ["LayerRecord", "Totals", "CompressionRecord", "record_from_nets", "RECORD_VERSION",
            "read_record"]
 
-#: Version of the ``report.json`` layout; bumped on any incompatible change.
+#: Version of the ``report.json`` layout; bumped on any incompatible change.  (Keys added
+#: since, which older readers ignore and :meth:`CompressionRecord.from_json` defaults:
+#: ``vbmf_solver``.)
 RECORD_VERSION = 1
 _FORMAT = "caffe_tucker compression record"
 
@@ -128,7 +130,9 @@ class CompressionRecord:
 
     ``source_prototxt`` and ``source_weights`` are the original files as paths
     usable from the current directory (absolute once read back from a
-    ``report.json``).
+    ``report.json``).  ``vbmf_solver`` is the solver VBMF ranks were chosen
+    with (``"reference"`` or ``"global"``), None when ``rank_method`` is not
+    ``vbmf``.
     """
 
     model: str
@@ -139,6 +143,7 @@ class CompressionRecord:
     total: Totals
     source_prototxt: Path | None = None
     source_weights: Path | None = None
+    vbmf_solver: str | None = None
 
     @property
     def compressed(self) -> tuple[LayerRecord, ...]:
@@ -168,6 +173,7 @@ class CompressionRecord:
                 "source": {"prototxt": path(self.source_prototxt),
                            "weights": path(self.source_weights)},
                 "preset": self.preset, "rank_method": self.rank_method, "weaken": self.weaken,
+                "vbmf_solver": self.vbmf_solver,
                 "layers": [l.to_json() for l in self.layers], "total": self.total.to_json()}
 
     @classmethod
@@ -182,8 +188,12 @@ class CompressionRecord:
             return q if q.is_absolute() else (base / q).resolve()
 
         src = data.get("source") or {}
+        # A record written before "vbmf_solver" was recorded had its VBMF ranks from the only
+        # solver there was then, the global one.
+        solver = data.get("vbmf_solver", "global" if data["rank_method"] == "vbmf" else None)
         return cls(model=data.get("model") or "", preset=data["preset"],
                    rank_method=data["rank_method"], weaken=data.get("weaken", 1.0),
+                   vbmf_solver=solver,
                    layers=tuple(LayerRecord.from_json(l) for l in data["layers"]),
                    total=Totals(**data["total"]), source_prototxt=path(src.get("prototxt")),
                    source_weights=path(src.get("weights")))

@@ -1,11 +1,14 @@
 """Rank selection by empirical variational Bayesian matrix factorization.
 
-This module implements the global analytic solution of *empirical*
-variational Bayesian matrix factorization (EVBMF) for a fully observed
-matrix, which Kim et al. (2016, Sec. 3.2) use to pick the Tucker ranks
-``(R3, R4)`` of a convolution kernel from its mode-3 and mode-4 unfoldings.
-Only the singular values of the observed matrix are needed, so the
-function works on spectra and never forms the factor matrices.
+This module implements the analytic solution of *empirical* variational
+Bayesian matrix factorization (EVBMF) for a fully observed matrix, which
+Kim et al. (2016, Sec. 3.2) use to pick the Tucker ranks ``(R3, R4)`` of a
+convolution kernel from its mode-3 and mode-4 unfoldings.  Only the
+singular values of the observed matrix are needed, so the function works
+on spectra and never forms the factor matrices.  Two solvers estimate the
+noise variance (see *Solvers* below): ``"reference"`` reproduces the
+public Python port of Nakajima's EVBMF code that Tucker tools use [5]_,
+``"global"`` minimizes the free energy globally (E1)-(E7).
 
 Model
 -----
@@ -99,8 +102,59 @@ so that the tolerance is relative) on the two grid cells around the best
 grid point; the better of the grid point and the refined point is kept.
 All of this is deterministic.
 
-Numerical details
------------------
+Solvers
+-------
+``solver="global"`` is (E1)-(E7) above.  ``solver="reference"`` makes the
+rank decisions of the Python port of Nakajima's EVBMF [5]_ (``EVBMF`` in
+``VBMF.py``, called on each unfolding by PyTorch Tucker tools [6]_), whose
+steps are, for the same ``L <= M``, ``alpha`` and ``gamma_h``:
+
+(R1) ``tau_u`` is not solved for: it is approximated by ``2.5129 *
+sqrt(alpha)``, which is within 1e-4 of the root of (E1) for ``alpha = 1``
+only (for ``alpha = 1/9``, e.g. the unfolding of a 3 x 3 kernel with as
+many input as output channels, the root is 0.864 and the approximation
+0.838); ``x_u`` and the threshold (E2) use that value.
+
+(R2) The interval (E6), computed the same way (``H_bar`` from the float
+``ceil(L / (1 + alpha)) - 1``), in the units of ``Y``: no scaling and no
+floor at the numerical resolution.
+
+(R3) The objective, with ``x_h = gamma_h^2 / (M sigma^2)``::
+
+    f_R(sigma^2) = sum_{x_h <= x_u} (x_h - log x_h)
+                   + sum_{x_h > x_u} (x_h - tau_h + log((tau_h + 1) / x_h)
+                                      + alpha log(tau_h / alpha + 1)),
+
+which is (E5) plus a constant (``-sum_h log(gamma_h^2 / M)``), with the
+``x_u`` of (R1).
+
+(R4) ``sigma_hat^2`` is what ``scipy.optimize.minimize_scalar(f_R,
+bounds=(lower, upper), method="bounded")`` returns: Brent's bounded
+search (golden sections and parabolic steps, Forsythe, Malcolm and Moler's
+``fmin``) on ``sigma^2`` itself, with scipy's default options: an
+*absolute* tolerance ``xatol = 1e-5`` (the search stops once the
+bracket's half-width is within about ``2 (1.5e-8 |sigma^2| + xatol / 3)``)
+and at most 500 evaluations.  It stops at a local minimum, and as
+``sigma^2`` of trained weights is often 1e-5 to 1e-3 the tolerance is
+coarse: the search ends after a handful of steps, and on an interval
+narrower than about 1.1e-5 it makes none and returns its first point,
+``lower + 0.382 (upper - lower)``.
+
+(R5) The rank is the number of ``gamma_h`` strictly above ``sqrt(M *
+sigma_hat^2 * (1 + tau_u) * (1 + alpha / tau_u))`` (the ``tau_u`` of (R1),
+evaluated in the port's order of operations).
+
+The port requires ``L <= M``; a taller matrix is passed transposed, as its
+callers must.  It is given ``Y`` in float64 (its singular values from
+LAPACK ``gesdd``, as ``numpy.linalg.svd``).  Where the port fails the
+reference solver does the obvious thing instead: an all-zero matrix (the
+port divides by zero) is the all-zero case below; an interval whose ends
+cross by rounding (scipy refuses it) is searched as the single point
+``upper``.  ``weaken`` and a given ``sigma2`` are this module's options and
+apply to both solvers alike.
+
+Numerical details (``solver="global"``)
+-----------------------------------------
 * Everything is computed in float64.  ``Y`` is first scaled by an exact
   power of two so that squares neither overflow nor underflow; the scale
   is undone exactly on the outputs.
@@ -138,6 +192,12 @@ Edge cases
   is small compared with the constant).
 * The estimate of ``sigma^2`` is a variance: for entries above ~1e154 it
   overflows to ``inf`` (the rank and the threshold are still computed).
+  The reference solver works in the units of ``Y`` and refuses such a
+  matrix (its squares overflow; its tolerance is absolute, so scaling
+  would change its result).
+* The reference solver keeps no floor: on an exactly low-rank, noise-free
+  matrix its answer is whatever the search makes of rounding-level
+  singular values (an exactly zero one makes (R3) infinite everywhere).
 
 References
 ----------
@@ -153,6 +213,12 @@ References
 .. [4] Y.-D. Kim, E. Park, S. Yoo, T. Choi, L. Yang and D. Shin,
    "Compression of deep convolutional neural networks for fast and low
    power mobile applications", ICLR 2016, Sec. 3.2.
+.. [5] C. van den Boogaard, "VBMF", Python port of S. Nakajima's MATLAB
+   code for (E)VBMF, https://github.com/CasvandenBogaard/VBMF (``VBMF.py``,
+   function ``EVBMF``).
+.. [6] J. Gildenblat, "pytorch-tensor-decompositions",
+   https://github.com/jacobgil/pytorch-tensor-decompositions
+   (``estimate_ranks`` in ``decompositions.py``).
 """
 
 from __future__ import annotations
@@ -165,9 +231,17 @@ import numpy as np
 from scipy import linalg as _sla
 from scipy import optimize as _opt
 
-__all__ = ["VBMFResult", "evbmf"]
+__all__ = ["VBMFResult", "evbmf", "SOLVERS"]
+
+#: The noise-variance solvers of :func:`evbmf`, the default first.
+SOLVERS = ("reference", "global")
 
 _EPS = float(np.finfo(np.float64).eps)
+# The reference port's approximation of tau_underbar / sqrt(alpha), (R1).
+_REFERENCE_TAU = 2.5129
+# scipy's defaults for minimize_scalar(method="bounded"), which the port
+# leaves as they are, (R4): pinned so that a new scipy default cannot move it.
+_REFERENCE_SEARCH = {"xatol": 1e-5, "maxiter": 500}
 _GRID_SIZE = 256
 # Column block (of the L x M working matrix) used to accumulate Y Y^T.
 _GRAM_BLOCK = 2048
@@ -371,14 +445,85 @@ def _estimate_sigma2(g2, L, M, alpha, x_under, floor):
     return math.exp(best_t)
 
 
-def evbmf(Y, sigma2=None, weaken=1.0):
-    """Estimate the rank of a matrix by global analytic empirical VBMF.
+def _reference_sigma2(g2, L, M, alpha, tau_u):
+    """(R2)-(R4): the reference port's bounded search of (R3) for sigma^2."""
+    x_u = (1 + tau_u) * (1 + alpha / tau_u)
+    # H_bar as the port computes it, from a float ratio; g2[h_bar] is the
+    # (H_bar + 1)-th squared singular value.
+    h_bar = int(min(math.ceil(L / (1 + alpha)) - 1, L))
+    upper = float(np.sum(g2)) / (L * M)
+    lower = max(float(g2[h_bar]) / (M * x_u), float(np.mean(g2[h_bar:])) / M)
+    lower = min(lower, upper)  # equal in exact arithmetic for a single row
+
+    def objective(s2):
+        x = g2 / (M * s2)
+        big = x > x_u
+        small, large = x[~big], x[big]
+        tau = 0.5 * (large - (1 + alpha)
+                     + np.sqrt((large - (1 + alpha)) ** 2 - 4 * alpha))
+        return (np.sum(small - np.log(small)) + np.sum(large - tau)
+                + np.sum(np.log((tau + 1) / large))
+                + alpha * np.sum(np.log(tau / alpha + 1)))
+
+    # f_R is inf everywhere when a gamma_h is exactly 0; the search then
+    # subtracts infinities, as the port's does, quietly here.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = _opt.minimize_scalar(objective, bounds=(lower, upper),
+                                   method="bounded", options=_REFERENCE_SEARCH)
+    return float(res.x)
+
+
+def _evbmf_reference(arr, sigma2, weaken, amax):
+    """:func:`evbmf` with ``solver="reference"``, (R1)-(R5)."""
+    work = arr.T if arr.shape[0] > arr.shape[1] else arr
+    L, M = work.shape
+    alpha = L / M
+    tau_u = _REFERENCE_TAU * math.sqrt(alpha)
+    if amax == 0.0:
+        s2 = 0.0 if sigma2 is None else float(sigma2)
+        return VBMFResult(
+            rank=0,
+            sigma2=s2,
+            threshold=math.sqrt(M * (weaken * s2) * (1 + tau_u)
+                                * (1 + alpha / tau_u)),
+            singular_values=np.zeros(L, dtype=np.float64),
+            estimates=np.zeros(0, dtype=np.float64),
+        )
+    sv = np.linalg.svd(np.asarray(work, dtype=np.float64), compute_uv=False)
+    with np.errstate(over="ignore"):
+        g2 = sv ** 2
+        total = float(np.sum(g2))
+    if not math.isfinite(total):
+        raise ValueError(
+            "The 'Y' parameter of evbmf must have a finite sum of squares "
+            "with solver='reference' (it works in the units of Y). Got "
+            f"entries up to {amax!r} instead."
+        )
+    s2 = (_reference_sigma2(g2, L, M, alpha, tau_u) if sigma2 is None
+          else float(sigma2))
+    threshold = math.sqrt(M * (weaken * s2) * (1 + tau_u) * (1 + alpha / tau_u))
+    keep = sv > threshold
+    rank = int(np.count_nonzero(keep))
+    x = g2[keep] / (M * (weaken * s2))
+    return VBMFResult(
+        rank=rank,
+        sigma2=s2,
+        threshold=threshold,
+        singular_values=sv,
+        estimates=sv[keep] * _tau(x, alpha) / x if rank
+        else np.zeros(0, dtype=np.float64),
+    )
+
+
+def evbmf(Y, sigma2=None, weaken=1.0, solver="reference"):
+    """Estimate the rank of a matrix by analytic empirical VBMF.
 
     Computes the singular values ``gamma_h`` of ``Y``, estimates the noise
     variance by minimizing the EVB free energy (unless it is given), and
     keeps the components whose singular value exceeds the EVB threshold
     ``gamma_underbar = sqrt(M sigma^2 (1 + tau)(1 + alpha / tau))``.  See
-    the module docstring for the model and the exact equations (E1)-(E7).
+    the module docstring for the model, the equations (E1)-(E7) of the
+    global solver and the steps (R1)-(R5) of the reference solver.
 
     Parameters
     ----------
@@ -396,6 +541,18 @@ def evbmf(Y, sigma2=None, weaken=1.0):
         more components (never fewer than ``weaken=1``), ``weaken > 1``
         keeps fewer.  The reported ``sigma2`` is the value before this
         factor; ``threshold`` includes it.
+    solver : {"reference", "global"}, default="reference"
+        How ``sigma^2`` is estimated and ``tau_underbar`` computed.
+        ``"reference"``: as the public Python port of Nakajima's EVBMF
+        [3]_ does, so that the ranks are the port's -- ``tau_underbar =
+        2.5129 sqrt(alpha)`` and a bounded Brent search with an absolute
+        tolerance of 1e-5, which can stop at a local minimum, (R1)-(R5).
+        ``"global"``: the exact ``tau_underbar`` (E1) and the global
+        minimum of the free energy (E5) over the interval (E6), found by a
+        grid and a refinement (E7).  Where the two ranks differ, the
+        reference search stopped away from that minimum (or the
+        approximate ``tau_underbar`` moved the threshold) and ``global``
+        has the lower free energy.
 
     Returns
     -------
@@ -409,7 +566,9 @@ def evbmf(Y, sigma2=None, weaken=1.0):
     ValueError
         If ``Y`` is not a non-empty 2-D real array, contains NaN or
         infinity, or if ``sigma2`` or ``weaken`` is not a finite float > 0
-        (``sigma2`` may also be ``None``).
+        (``sigma2`` may also be ``None``), or ``solver`` is not one of
+        ``SOLVERS``; with ``solver="reference"``, if the squares of ``Y``
+        overflow (entries above ~1e154).
 
     Notes
     -----
@@ -424,6 +583,8 @@ def evbmf(Y, sigma2=None, weaken=1.0):
        factorization", JMLR 14:1-37, 2013.
     .. [2] S. Nakajima, R. Tomioka, M. Sugiyama and S. D. Babacan, "Perfect
        dimensionality recovery by variational Bayesian PCA", NIPS 2012.
+    .. [3] C. van den Boogaard, "VBMF" (``VBMF.py``, ``EVBMF``),
+       https://github.com/CasvandenBogaard/VBMF
 
     Examples
     --------
@@ -433,6 +594,8 @@ def evbmf(Y, sigma2=None, weaken=1.0):
     >>> Y = signal + 0.1 * rng.standard_normal((60, 200))
     >>> evbmf(Y).rank
     3
+    >>> evbmf(Y, solver="global").rank
+    3
     """
     arr = _validate_Y(Y)
     if sigma2 is not None and not (
@@ -441,12 +604,18 @@ def evbmf(Y, sigma2=None, weaken=1.0):
         raise _param_error("sigma2", "a float > 0 or None", sigma2)
     if not (_is_real_scalar(weaken) and math.isfinite(weaken) and weaken > 0):
         raise _param_error("weaken", "a float > 0", weaken)
+    if not (isinstance(solver, str) and solver in SOLVERS):
+        raise _param_error(
+            "solver", "one of " + ", ".join(map(repr, SOLVERS)), solver
+        )
     amax = _max_abs(arr)
     if not math.isfinite(amax):
         raise ValueError(
             "The 'Y' parameter of evbmf must not contain NaN or infinity."
         )
     weaken = float(weaken)
+    if solver == "reference":
+        return _evbmf_reference(arr, sigma2, weaken, amax)
 
     transpose = arr.shape[0] > arr.shape[1]
     L, M = (arr.shape[1], arr.shape[0]) if transpose else arr.shape

@@ -21,9 +21,11 @@ def _per_group(value, group) -> str:
 
 def convert_markdown(record: CompressionRecord) -> str:
     """The report as Markdown: a row per planned layer and one per compressed version of it."""
+    how = ([f"solver `{record.vbmf_solver}`"] if record.vbmf_solver else []) + \
+        ([f"weaken {record.weaken}"] if record.weaken != 1.0 else [])
     lines = [f"# Compression report: {record.model or 'net'}", "",
              f"Preset `{record.preset}`, ranks by `{record.rank_method}`"
-             + (f" (weaken {record.weaken})" if record.weaken != 1.0 else "")
+             + (f" ({', '.join(how)})" if how else "")
              + f"; source `{record.source_prototxt}`.", "",
              "| Layer | S/R3 | T/R4 | Weights | FLOPs | rel. error |",
              "|---|---:|---:|---|---|---:|"]

@@ -7,7 +7,7 @@ Caffe (``CaffeRuntime.forward`` on the 500 test images) for the original, each c
 before, and after fine-tuning.  Figures measured on a 2-core machine (5 epochs of batch 64,
 105 iterations, about 2 s each):
 
-    original 98.8 %;  VBMF (x5.1 weights, x11 FLOPs): 98.0 % -> 98.4 %;
+    original 98.8 %;  VBMF (x5.4 weights, x11 FLOPs): 98.0 % -> 98.4 %;
     ratio:0.1 (x10 weights, x23 FLOPs): 91.0 % -> 97.6 %.
 
 Needs a Caffe runtime ($CAFFE_TUCKER_PYTHON, e.g. ``chroot /opt/caffe-root python3``: the caffe
