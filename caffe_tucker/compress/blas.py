@@ -3,10 +3,11 @@
 The rank selection (SVDs of the unfoldings) and the decompositions (eigendecompositions of Gram
 matrices in HOOI) are LAPACK calls; :func:`blas_limits` runs them under
 ``threadpoolctl.threadpool_limits`` so that the tool, not the environment, decides the thread
-count.  The default is 1: on this project's 2-core machine OpenBLAS's default of 2 threads made
-the LAPACK calls of a conversion 10–45× slower than 1 thread (issue 13), and the decompositions of
-one layer are too small to gain from more.  Set ``CAFFE_TUCKER_BLAS_THREADS=N`` (an int ≥ 1) to
-allow more.
+count.  The default is 1: issue 13's author measured LAPACK calls 10–45× slower with OpenBLAS's
+default of 2 threads than with 1 on this project's shared 2-core machine (one later end-to-end
+AlexNet conversion there was faster with 2: 87 s against 127 s, so the gain depends on the load;
+see the README's Performance section).  Set ``CAFFE_TUCKER_BLAS_THREADS=N`` (an int ≥ 1) to allow
+more.
 """
 
 from __future__ import annotations
