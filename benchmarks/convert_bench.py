@@ -1,6 +1,7 @@
 """Benchmark: conversion time and peak memory per zoo architecture (random weights).
 
     python benchmarks/convert_bench.py [alexnet vgg_s googlenet vgg16] [--vbmf]
+    python benchmarks/convert_bench.py alexnet --against OLD_SRC [--repeat 3]
 
 For each model: random weights from `init` (seed 0), then `convert` with the
 paper's ranks (random weights carry no low-rank signal, so VBMF would keep
@@ -9,6 +10,10 @@ rank selection, decomposition, rewrite + analysis, write.  With --vbmf the
 rank-selection stage runs VBMF on every planned layer instead of taking the
 paper's ranks (the time VBMF needs on these shapes; its ranks are 0).
 Each model runs in its own process so that its peak RSS is its own.
+With --against OLD_SRC (a source tree of another version, e.g. from
+``git archive REV | tar -x -C OLD_SRC``) each model is converted alternately
+by that version and this one, --repeat times each, and the medians of the
+stage times are printed side by side with the ratio new/old.
 Figures are printed; nothing is asserted.
 """
 
@@ -22,7 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+SRC = Path(os.environ.get("CONVERT_BENCH_SRC", ROOT))  # the version a child imports
+sys.path.insert(0, str(SRC))
 
 
 def child(name: str, workdir: str, vbmf: bool) -> None:
@@ -46,9 +52,31 @@ def child(name: str, workdir: str, vbmf: bool) -> None:
                       "layers": len(result.decompositions), "peak_mb": round(peak)}))
 
 
+def _option(argv, name, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def _run_child(name: str, tmp: str, vbmf: bool, src: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", name, tmp] +
+                         (["--vbmf"] if vbmf else []), check=True, capture_output=True, text=True,
+                         env={**os.environ, "CONVERT_BENCH_SRC": str(src),
+                              "PYTHONPATH": str(src)}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _median(rows, key):
+    values = sorted(r[key] for r in rows)
+    return values[len(values) // 2]
+
+
 def main(argv):
     vbmf = "--vbmf" in argv
-    names = [a for a in argv if not a.startswith("--")] or ["alexnet", "vgg_s", "googlenet", "vgg16"]
+    against = _option(argv, "--against")
+    repeat = int(_option(argv, "--repeat", 3 if against else 1))
+    values = {_option(argv, "--against"), _option(argv, "--repeat")}
+    names = [a for a in argv if not a.startswith("--") and a not in values] or \
+        ["alexnet", "vgg_s", "googlenet", "vgg16"]
+    stages = ("read", "ranks", "decompose", "rewrite", "write", "total")
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for name in names:
@@ -59,10 +87,22 @@ def main(argv):
                             str(Path(tmp) / f"{name}.caffemodel")], check=True, cwd=ROOT,
                            stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
             init_s = time.perf_counter() - t
-            out = subprocess.run([sys.executable, __file__, "--child", name, tmp] +
-                                 (["--vbmf"] if vbmf else []), check=True, capture_output=True,
-                                 text=True).stdout
-            row = json.loads(out.strip().splitlines()[-1])
+            if against:
+                runs = {"old": [], "new": []}
+                for i in range(repeat):  # alternating, so that a busy spell hits both
+                    for label, src in (("old", Path(against)), ("new", ROOT)):
+                        runs[label].append(_run_child(name, tmp, vbmf, src))
+                        print(f"  {name} {label} run {i + 1}: {runs[label][-1]['total']:.1f}s",
+                              flush=True)
+                old = {k: _median(runs["old"], k) for k in stages}
+                new = {k: _median(runs["new"], k) for k in stages}
+                print(f"{name}: medians of {repeat} alternating runs (old = {against})")
+                for k in stages:
+                    ratio = new[k] / old[k] if old[k] > 0 else float("nan")
+                    print(f"  {k:10s} old {old[k]:7.2f}s  new {new[k]:7.2f}s  new/old {ratio:5.2f}")
+                rows.append({"model": name, "old": runs["old"], "new": runs["new"]})
+                continue
+            row = _run_child(name, tmp, vbmf, ROOT)
             row["init"] = round(init_s, 2)
             rows.append(row)
             print(f"{name:10s} read {row['read']:6.1f}s  ranks {row['ranks']:6.1f}s  "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from caffe_tucker.analysis.cost import analyze
 from caffe_tucker.analysis.shapes import ShapeInfo, infer_shapes
+from caffe_tucker.compress.blas import blas_limits, blas_threads
 from caffe_tucker.compress.decompose import Decomposition, decompose_layer
 from caffe_tucker.compress.methods import DecompositionFailed, get_method
 from caffe_tucker.compress.finetune_files import (IMAGENET_TRAIN_IMAGES, IMAGENET_VAL_IMAGES,
@@ -203,32 +204,34 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     options : ConvertOptions
     """
     timings = {}
+    threads = blas_threads()  # checked before the (slow) reading
     t0 = time.perf_counter()
     model, preset, plan, fixed, options, user_train_val = _prepare(prototxt, weights, options)
     net, shapes = model.net, model.shapes
     timings["read"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    with Progress(len(plan), "select ranks") as bar:
-        choices = select_ranks(net, shapes, plan, options.rank_method, options.weaken, fixed,
-                               progress=bar if progress else None, spectra=options.spectra,
-                               method_options=options.method_options(),
-                               vbmf_solver=options.vbmf_solver)
-    timings["ranks"] = time.perf_counter() - t0
+    with blas_limits(threads):  # the LAPACK-heavy stages: $CAFFE_TUCKER_BLAS_THREADS, default 1
+        t0 = time.perf_counter()
+        with Progress(len(plan), "select ranks") as bar:
+            choices = select_ranks(net, shapes, plan, options.rank_method, options.weaken, fixed,
+                                   progress=bar if progress else None, spectra=options.spectra,
+                                   method_options=options.method_options(),
+                                   vbmf_solver=options.vbmf_solver)
+        timings["ranks"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    todo = [c for c in choices.values() if c.skipped_reason is None]
-    decompositions = {}
-    with Progress(len(todo), "decompose") as bar:
-        for c in todo:
-            try:
-                decompositions[c.layer] = decompose_layer(net.layer(c.layer),
-                                                          shapes.layers[c.layer], c)
-            except DecompositionFailed as exc:  # e.g. CP-ALS diverged: never emitted
-                choices[c.layer] = replace(c, skipped_reason=str(exc))
-            if progress:
-                bar.update(1, c.layer)
-    timings["decompose"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        todo = [c for c in choices.values() if c.skipped_reason is None]
+        decompositions = {}
+        with Progress(len(todo), "decompose") as bar:
+            for c in todo:
+                try:
+                    decompositions[c.layer] = decompose_layer(net.layer(c.layer),
+                                                              shapes.layers[c.layer], c)
+                except DecompositionFailed as exc:  # e.g. CP-ALS diverged: never emitted
+                    choices[c.layer] = replace(c, skipped_reason=str(exc))
+                if progress:
+                    bar.update(1, c.layer)
+        timings["decompose"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     replacements = {name: replacement_for(net.layer(name), shapes.layers[name], d.method, d.ranks,

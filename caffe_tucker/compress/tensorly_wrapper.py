@@ -2,9 +2,13 @@
 
 :func:`partial_tucker` runs TensorLy's HOOI on some modes of a tensor and
 returns ``(core, factors)`` in float64; :func:`parafac` runs its CP-ALS and
-returns ``(weights, factors, errors)``.  Every decomposition method of the
-tool goes through them, so a TensorLy upgrade (its ``partial_tucker`` changed
-its return value between releases) touches this module alone.
+returns ``(weights, factors, errors)``.  Every call of TensorLy goes through
+them, so a TensorLy upgrade (its ``partial_tucker`` changed its return value
+between releases) touches this module alone.  Tucker-1 and SVD use
+:func:`partial_tucker` (one mode, no sweeps), CP :func:`parafac`; Tucker-2 and
+the block terms use the numpy HOOI of :mod:`caffe_tucker.compress.hooi`,
+faster on large kernels (issue 13), which the tests compare with
+:func:`partial_tucker`.
 
 Two things are done differently from TensorLy's defaults, both for speed and
 neither changing the result beyond float rounding:

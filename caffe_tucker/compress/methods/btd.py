@@ -27,7 +27,7 @@ Algorithm (this project's: the paper's code is not public; block-coordinate
 descent over Tucker-2 blocks is how the public btd_caffe implementation is
 described in this project's issue 10, whose code was not consulted).  The
 start is greedy and deterministic: block 1 is the Tucker-2 (HOOI from the
-truncated HOSVD, :func:`caffe_tucker.compress.tensorly_wrapper.partial_tucker`)
+truncated HOSVD, :func:`caffe_tucker.compress.hooi.tucker2_hooi`)
 of ``K`` at (R3, R4), block n the Tucker-2 of the residual ``K − Σ_{j<n} block_j``.
 Then each sweep refits every block to ``K − Σ_{j≠n} block_j`` the same way,
 keeping the new block only if it lowers the error, and the sweeps stop when
@@ -60,7 +60,7 @@ import numpy as np
 
 from caffe_tucker.compress.methods.base import ConvolutionMethod, conv_param, one_by_one
 from caffe_tucker.compress.methods.tucker2 import METHOD as TUCKER2
-from caffe_tucker.compress.tensorly_wrapper import partial_tucker
+from caffe_tucker.compress.hooi import tucker2_hooi
 from caffe_tucker.errors import CaffeTuckerError, check_param
 
 __all__ = ["BlockTerm", "METHOD", "block_term", "BTD_TOL", "BTD_MAX_SWEEPS", "DEFAULT_BLOCKS"]
@@ -74,7 +74,7 @@ DEFAULT_BLOCKS = 4
 
 
 def _tucker2(tensor: np.ndarray, r3: int, r4: int):
-    core, (v, u) = partial_tucker(tensor, [r4, r3], [0, 1])
+    core, (v, u) = tucker2_hooi(tensor, (r4, r3))
     return u, core, v
 
 

@@ -5,7 +5,7 @@ With a Caffe kernel ``W`` of shape ``(T, S, D, D)`` (one group)::
     W[t, s, i, j] ≈ Σ_{r3, r4} C[r4, r3, i, j] · U3[s, r3] · U4[t, r4]
 
 computed by HOOI over the two channel modes, started from the truncated
-HOSVD (:func:`caffe_tucker.compress.tensorly_wrapper.partial_tucker`).  R3 is
+HOSVD (:func:`caffe_tucker.compress.hooi.tucker2_hooi`).  R3 is
 chosen on the mode-3 unfolding (S × D²T), R4 on the mode-4 unfolding (T × D²S).
 
 The layer becomes ``L_tk1`` (1×1, S → g·R3, no bias), ``L_tk2`` (D×D,
@@ -30,7 +30,7 @@ import numpy as np
 from caffe_tucker.compress.methods.base import (Method, conv_kernel_groups, conv_kernel_shape,
                                                 conv_param, geometry_of, one_by_one,
                                                 spatial_2d_reason)
-from caffe_tucker.compress.tensorly_wrapper import partial_tucker
+from caffe_tucker.compress.hooi import tucker2_hooi
 
 __all__ = ["Tucker2", "METHOD"]
 
@@ -77,7 +77,7 @@ class Tucker2(Method):
     def factorize(self, kernel, ranks):
         """``(U3 (S, R3), core (R4, R3, kh, kw), U4 (T, R4))``."""
         r3, r4 = ranks
-        core, (u4, u3) = partial_tucker(kernel, [r4, r3], [0, 1])
+        core, (u4, u3) = tucker2_hooi(kernel, (r4, r3))
         return u3, core, u4
 
     def reconstruct(self, factors):
