@@ -424,7 +424,9 @@ class CaffeRuntime:
         """Versions of Caffe, Python and numpy in the worker, and Caffe's layer types.
 
         Returns ``{"caffe_version", "caffe_path", "python_version", "python_executable",
-        "numpy_version", "protocol", "pid", "nets_loaded", "layer_types"}``.
+        "numpy_version", "protocol", "pid", "nets_loaded", "layer_types", "blas"}``; ``blas`` is
+        ``{"library", "threads", "corename", "config"}`` of the OpenBLAS Caffe computes with,
+        every value None when there is no OpenBLAS in the worker.
         """
         response = self._request("hello", {"type": "hello"})
         if not response.get("ok"):
@@ -472,24 +474,35 @@ class CaffeRuntime:
         return {name: response["blobs"][name] for name in response["order"]}
 
     def time(self, prototxt, caffemodel=None, batch: int = 1, iterations: int = 10,
-             warmup: int = 2) -> dict:
+             warmup: int = 2, threads: int | None = None) -> dict:
         """Time the forward pass in Caffe (CPU), layer by layer, on random inputs.
 
         Each iteration times every layer alone (``net._forward(i, i)``) and then the whole net;
         the medians over ``iterations`` are returned, after ``warmup`` untimed passes.
 
+        Parameters
+        ----------
+        threads : int or None
+            OpenBLAS threads to set in the worker before timing (they stay set for later
+            requests); None leaves them as they are.
+
         Returns
         -------
         dict
             ``{"layers": [{"name", "type", "ms"}, ...] (in net order), "forward_ms",
-            "layers_sum_ms", "batch", "iterations", "warmup", "input_shapes"}``.
+            "layers_sum_ms", "batch", "iterations", "warmup", "input_shapes", "blas"}``;
+            ``blas`` as in :meth:`hello`, with the threads in force while timing.
         """
         for name, value, low in (("batch", batch, 1), ("iterations", iterations, 1),
-                                 ("warmup", warmup, 0)):
+                                 ("warmup", warmup, 0), ("threads", threads, 1)):
+            if name == "threads" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"The '{name}' parameter of CaffeRuntime.time must be an int "
-                                 f">= {low}. Got {value!r} instead.")
-        message = {"type": "time", "batch": batch, "iterations": iterations, "warmup": warmup}
+                                 f">= {low}{' or None' if name == 'threads' else ''}. "
+                                 f"Got {value!r} instead.")
+        message = {"type": "time", "batch": batch, "iterations": iterations, "warmup": warmup,
+                   "threads": threads}
         response = self._request_net("time", message, prototxt, caffemodel)
         if not response.get("ok"):
             self._raise_refused("time", response)

@@ -163,6 +163,109 @@ def _median(values):
     return values[mid] if n % 2 else 0.5 * (values[mid - 1] + values[mid])
 
 
+# BLAS sonames tried when /proc/self/maps cannot be read (a chroot without /proc): only ones
+# already in the process are opened (RTLD_NOLOAD), so nothing new is loaded.
+_BLAS_SONAMES = ("libopenblas.so.0", "libblas.so.3", "libopenblas.so", "libopenblasp-r0.so",
+                 "libopenblas64_.so.0", "libcblas.so.3")
+
+
+def _library_path(handle, symbol):
+    """The file a symbol of ``handle`` was loaded from (dladdr), or None."""
+    import ctypes
+
+    class _DlInfo(ctypes.Structure):
+        _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                    ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+
+    try:
+        info = _DlInfo()
+        address = ctypes.cast(getattr(handle, symbol), ctypes.c_void_p)
+        if ctypes.CDLL(None).dladdr(address, ctypes.byref(info)) and info.fname:
+            return os.fsdecode(info.fname)
+    except Exception:
+        pass
+    return None
+
+
+def _openblas_handles():
+    """ctypes handles of the OpenBLAS libraries in this process, one per file: [(path, handle)].
+
+    Found through the global symbol table, the BLAS files mapped in /proc/self/maps, then the
+    usual sonames (only when already loaded); every step guarded, so a build without OpenBLAS
+    gives [].
+    """
+    try:
+        import ctypes
+    except Exception:
+        return []
+    candidates = [None]
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if "blas" in os.path.basename(path) and path not in candidates:
+                    candidates.append(path)
+    except Exception:
+        pass
+    candidates += [name for name in _BLAS_SONAMES if name not in candidates]
+    found, seen = [], set()
+    for name in candidates:
+        try:
+            if name is None:
+                handle = ctypes.CDLL(None)
+            else:
+                handle = ctypes.CDLL(name, mode=getattr(os, "RTLD_NOLOAD", 4) | ctypes.RTLD_LOCAL)
+            if not hasattr(handle, "openblas_get_num_threads"):
+                continue
+        except Exception:
+            continue
+        path = _library_path(handle, "openblas_get_num_threads") or name or "(global)"
+        real = os.path.realpath(path) if os.path.isabs(path) else path
+        if real in seen:
+            continue
+        seen.add(real)
+        found.append((path, handle))
+    return found
+
+
+def _openblas_text(handle, name):
+    """The string an ``openblas_get_*`` function returns, or None."""
+    try:
+        import ctypes
+        function = getattr(handle, name)
+        function.restype = ctypes.c_char_p
+        value = function()
+        return None if value is None else value.decode("utf-8", "replace").strip()
+    except Exception:
+        return None
+
+
+def blas_info(threads=None):
+    """The BLAS this process computes with: ``{"library", "threads", "corename", "config"}``.
+
+    ``threads`` (an int >= 1) is first set in every OpenBLAS of the process
+    (``openblas_set_num_threads``); the threads reported are those then in force.  Without
+    OpenBLAS every value is None.
+    """
+    handles = _openblas_handles()
+    if threads is not None:
+        for _, handle in handles:
+            try:
+                handle.openblas_set_num_threads(int(threads))
+            except Exception:
+                pass
+    if not handles:
+        return {"library": None, "threads": None, "corename": None, "config": None}
+    path, handle = handles[0]
+    try:
+        in_force = int(handle.openblas_get_num_threads())
+    except Exception:
+        in_force = None
+    return {"library": path, "threads": in_force,
+            "corename": _openblas_text(handle, "openblas_get_corename"),
+            "config": _openblas_text(handle, "openblas_get_config")}
+
+
 def _clean_stale_tempdirs(prefix):
     """Remove temp dirs left by workers that Caffe aborted (their pid is in the name)."""
     import tempfile
@@ -405,6 +508,7 @@ class Worker(object):
             "protocol": PROTOCOL,
             "pid": os.getpid(),
             "nets_loaded": self.count,
+            "blas": blas_info(),
         }
         try:
             info["layer_types"] = sorted(caffe.layer_type_list())
@@ -430,6 +534,11 @@ class Worker(object):
         if batch < 1 or iterations < 1 or warmup < 0:
             raise RequestError("time needs batch >= 1, iterations >= 1 and warmup >= 0; got "
                                "batch=%d, iterations=%d, warmup=%d" % (batch, iterations, warmup))
+        threads = req.get("threads")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or threads < 1):
+            raise RequestError("time needs threads >= 1 or null; got %r" % (threads,))
+        blas = blas_info(threads)
         rng = np.random.RandomState(0)
         shapes = {}
         for name in net.inputs:
@@ -462,7 +571,7 @@ class Worker(object):
                   for i in range(n)]
         return {"layers": layers, "forward_ms": 1e3 * _median(whole),
                 "layers_sum_ms": sum(layer["ms"] for layer in layers), "batch": batch,
-                "iterations": iterations, "warmup": warmup, "input_shapes": shapes}
+                "iterations": iterations, "warmup": warmup, "input_shapes": shapes, "blas": blas}
 
     def _req_train(self, req):
         """Train a net with a Caffe solver, feeding its Input blobs from arrays.

@@ -218,6 +218,34 @@ def test_hello(caffe):
     assert {"Convolution", "InnerProduct", "ReLU", "Input"} <= set(info["layer_types"])
 
 
+def test_hello_reports_openblas_and_time_pins_its_threads(caffe, tmp_path):
+    """Debian's Caffe computes with OpenBLAS: hello names it, its core type and threads, and a
+    time request with threads=1 runs with one thread (and says so)."""
+    blas = caffe.hello()["blas"]
+    assert "blas" in blas["library"] and blas["config"].startswith("OpenBLAS")
+    assert isinstance(blas["corename"], str) and blas["corename"]
+    assert isinstance(blas["threads"], int) and blas["threads"] >= 1
+    before = blas["threads"]
+    _, weights = _net(tmp_path, TINY)
+    try:
+        timing = caffe.time(TINY, weights, batch=1, iterations=1, warmup=0, threads=1)
+        assert timing["blas"]["threads"] == 1
+        assert caffe.hello()["blas"]["threads"] == 1        # stays set for later requests
+        assert caffe.time(TINY, weights, iterations=1, warmup=0)["blas"]["threads"] == 1
+    finally:
+        caffe.time(TINY, weights, iterations=1, warmup=0, threads=before)
+
+
+def test_blas_info_without_openblas_is_none_and_threads_are_checked(monkeypatch):
+    monkeypatch.setattr(caffe_worker, "_openblas_handles", lambda: [])
+    assert caffe_worker.blas_info(2) == dict.fromkeys(("library", "threads", "corename", "config"))
+    runtime = CaffeRuntime([sys.executable, "-c", "raise SystemExit(3)"])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="'threads' parameter of CaffeRuntime.time"):
+            runtime.time(TINY, threads=bad)
+    assert not runtime.alive
+
+
 def test_forward_matches_numpy(caffe, tmp_path):
     net, weights = _net(tmp_path, TINY)
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 9)).astype(np.float32)
