@@ -521,10 +521,10 @@ class FakeRuntime:
         return {name: values[name].copy() for name in names}
 
     def time(self, prototxt, caffemodel=None, batch: int = 1, iterations: int = 10,
-             warmup: int = 2) -> dict:
+             warmup: int = 2, threads: int | None = None) -> dict:
         """Time each layer alone and the whole pass on random inputs of ``batch`` samples;
         medians over ``iterations`` after ``warmup`` passes.  Returns the keys of
-        :meth:`CaffeRuntime.time`."""
+        :meth:`CaffeRuntime.time`; ``blas`` has no library, and the ``threads`` asked for."""
         for name, value, low in (("batch", batch, 1), ("iterations", iterations, 1),
                                  ("warmup", warmup, 0)):
             _check_count("time", name, value, low)
@@ -556,4 +556,5 @@ class FakeRuntime:
         return {"layers": rows, "forward_ms": 1e3 * statistics.median(whole),
                 "layers_sum_ms": sum(row["ms"] for row in rows), "batch": batch,
                 "iterations": iterations, "warmup": warmup,
-                "input_shapes": {name: list(shape) for name, shape in shapes.items()}}
+                "input_shapes": {name: list(shape) for name, shape in shapes.items()},
+                "blas": {"library": None, "threads": threads, "corename": None, "config": None}}

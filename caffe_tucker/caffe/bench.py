@@ -7,11 +7,17 @@ is the median over those repetitions (each itself a median over
 The layers that replace a compressed layer are reported under its name with
 their parts, like the paper's "10.53ms (=0.80+7.43+2.30)", next to the
 theoretical FLOPs ratio.
+
+Beside the FLOPs ratio the whole net gets its *ceiling*: the speed-up if every compressed layer
+ran its FLOPs ratio faster while the rest of the pass kept its measured time
+(:func:`speedup_ceiling`), and the fraction of that ceiling realized.  Every result also says
+what it ran on: Caffe's version, the OpenBLAS library, its core type and the threads in force.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -20,7 +26,7 @@ from caffe_tucker.caffe.verify import NetPair, forward_bytes
 from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.report.plots import png_bytes, pyplot
 
-__all__ = ["bench", "bench_png"]
+__all__ = ["bench", "bench_png", "speedup_ceiling"]
 
 
 def _with_batch(net: Net, batch: int) -> Net:
@@ -37,15 +43,71 @@ def _with_batch(net: Net, batch: int) -> Net:
     return net.with_layers(layers)
 
 
+def speedup_ceiling(original_total_ms: float, compressed: Iterable[tuple[float, float]]) -> float:
+    """The whole net's best speed-up when only the compressed layers get faster.
+
+    ``T / (T - sum(t) + sum(t / r))`` over the compressed layers' original times ``t`` and
+    FLOPs ratios ``r``: each compressed layer reaches its FLOPs ratio, everything else in the
+    measured pass ``T`` (the untouched layers, Caffe's overhead) keeps its time.  The untouched
+    time is taken as 0 when the layers' own times add up to more than ``T``.
+
+    Parameters
+    ----------
+    original_total_ms : float
+        The original net's measured forward pass (> 0).
+    compressed : iterable of (float, float)
+        ``(original_ms, flops_ratio)`` of each compressed layer; times >= 0, ratios > 0.
+
+    Returns
+    -------
+    float
+    """
+    if not original_total_ms > 0:
+        raise ValueError("The 'original_total_ms' parameter of speedup_ceiling must be a float "
+                         f"> 0. Got {original_total_ms!r} instead.")
+    pairs = [(float(t), float(r)) for t, r in compressed]
+    for t, r in pairs:
+        if not (t >= 0 and r > 0):
+            raise ValueError("The 'compressed' parameter of speedup_ceiling must hold "
+                             f"(ms >= 0, ratio > 0) pairs. Got {(t, r)!r} instead.")
+    untouched = max(original_total_ms - sum(t for t, _ in pairs), 0.0)
+    return original_total_ms / (untouched + sum(t / r for t, r in pairs))
+
+
+def _environment(runtime, runs: list[dict], threads: int | None) -> dict:
+    """What the timings ran on: Caffe's version and the BLAS of the time responses."""
+    version = None
+    hello = getattr(runtime, "hello", None)
+    if hello is not None:
+        version = hello().get("caffe_version")
+    blas = [r.get("blas") or {} for r in runs]
+    in_force = {b.get("threads") for b in blas}
+    last = blas[-1] if blas else {}
+    return {"caffe_version": version, "blas_library": last.get("library"),
+            "blas_corename": last.get("corename"), "blas_config": last.get("config"),
+            "threads": in_force.pop() if len(in_force) == 1 else None,
+            "threads_requested": threads}
+
+
 def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: int = 3,
-          warmup: int = 3) -> dict:
+          warmup: int = 3, threads: int | None = None) -> dict:
     """Time both nets for each batch size; returns ``{"batches": {batch: result}}``.
 
     Each result is ``{"layers": [{"name", "method", "original_ms", "compressed_ms", "parts_ms",
     "speedup", "theoretical", "quotient"}], "total": {"original_ms", "compressed_ms",
-    "speedup", "theoretical", "quotient"}}``.  A batch whose blobs would need more memory than
+    "speedup", "theoretical", "quotient", "ceiling", "realized"}, "environment":
+    {"caffe_version", "blas_library", "blas_corename", "blas_config", "threads",
+    "threads_requested", "batch", "iterations", "repeats"}}``: ``ceiling`` is
+    :func:`speedup_ceiling` of the measured original times, ``realized`` the speed-up over it,
+    ``threads`` the OpenBLAS threads in force (None when unknown or not the same in every run).
+    ``threads`` (an int >= 1) is set in Caffe's OpenBLAS before timing; None leaves Caffe's
+    default.  A batch whose blobs would need more memory than
     :func:`~caffe_tucker.analysis.validate.memory_limit` allows is refused before Caffe runs.
     """
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or threads < 1):
+        raise ValueError("The 'threads' parameter of bench must be an int >= 1 or None. "
+                         f"Got {threads!r} instead.")
     largest = max(batches)
     check_allocation(max(forward_bytes(pair.original, largest),
                          forward_bytes(pair.compressed, largest)),
@@ -57,8 +119,10 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
         o_net, c_net = _with_batch(original, batch), _with_batch(compressed, batch)
         runs_o, runs_c = [], []
         for _ in range(repeats):
-            runs_o.append(runtime.time(o_net, batch=batch, iterations=iterations, warmup=warmup))
-            runs_c.append(runtime.time(c_net, batch=batch, iterations=iterations, warmup=warmup))
+            runs_o.append(runtime.time(o_net, batch=batch, iterations=iterations, warmup=warmup,
+                                       threads=threads))
+            runs_c.append(runtime.time(c_net, batch=batch, iterations=iterations, warmup=warmup,
+                                       threads=threads))
 
         def median_of(runs, name):
             return statistics.median(next(l["ms"] for l in r["layers"] if l["name"] == name)
@@ -84,9 +148,16 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
         o_total = statistics.median(r["forward_ms"] for r in runs_o)
         c_total = statistics.median(r["forward_ms"] for r in runs_c)
         theoretical = pair.record.total.flops_ratio
+        ceiling = speedup_ceiling(o_total, [(r["original_ms"], r["theoretical"])
+                                            for r in rows if r["method"]])
+        speedup = o_total / c_total
+        environment = _environment(runtime, runs_o + runs_c, threads)
+        environment.update(batch=batch, iterations=iterations, repeats=repeats)
         out[batch] = {"layers": rows, "total": {
-            "original_ms": o_total, "compressed_ms": c_total, "speedup": o_total / c_total,
-            "theoretical": theoretical, "quotient": (o_total / c_total) / theoretical}}
+            "original_ms": o_total, "compressed_ms": c_total, "speedup": speedup,
+            "theoretical": theoretical, "quotient": speedup / theoretical,
+            "ceiling": ceiling, "realized": speedup / ceiling},
+            "environment": environment}
     return {"batches": out, "iterations": iterations, "repeats": repeats}
 
 

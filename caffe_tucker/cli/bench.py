@@ -19,6 +19,9 @@ def add_parser(subparsers):
     p.add_argument("--batch", default="1", metavar="B1,B2", help="batch sizes (default 1)")
     p.add_argument("--iterations", type=int_in(1), default=20, help="timed passes per repetition")
     p.add_argument("--repeats", type=int_in(1), default=3, help="alternating repetitions (medians)")
+    p.add_argument("--threads", type=int_in(1), metavar="N",
+                   help="OpenBLAS threads in Caffe while timing (default: Caffe's own; the "
+                   "report states the threads in force either way)")
     add_format(p)
     p.add_argument("--png", type=non_empty, metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
     add_caffe_runtime(p)
@@ -36,6 +39,21 @@ def _batch_sizes(text: str) -> list[int]:
     return batches
 
 
+def environment_line(env: dict, total: dict) -> str:
+    """One line under the table: what the timings ran on, and the whole net's ceiling."""
+    def known(v):
+        return "?" if v is None else v
+
+    blas = ("BLAS unknown" if env.get("blas_library") is None else
+            f"OpenBLAS {env['blas_library']} (core {known(env.get('blas_corename'))})")
+    threads = known(env.get("threads"))
+    asked = env.get("threads_requested")
+    return (f"Caffe {known(env.get('caffe_version'))}, {blas}, {threads} thread(s)"
+            f"{'' if asked is None else f' (--threads {asked})'}, batch {env['batch']}; "
+            f"ceiling x{total['ceiling']:.2f} if every compressed layer reached its FLOPs ratio, "
+            f"{total['realized']:.0%} of it realized")
+
+
 def run(args) -> int:
     # caffe.verify imports compress.decompose, hence tensorly and scipy (about 0.4 s): imported
     # on use so that --help and the other subcommands stay quick.
@@ -47,7 +65,7 @@ def run(args) -> int:
     if png:
         check_output(png, force=True, inputs=args.paths)  # fail before the timing, not after
     with caffe_runtime(args) as rt:
-        result = bench(rt, pair, batches, args.iterations, args.repeats)
+        result = bench(rt, pair, batches, args.iterations, args.repeats, threads=args.threads)
     if png:
         write_atomic(png, bench_png(result), force=True, inputs=args.paths)
     if args.format == "json":
@@ -57,6 +75,8 @@ def run(args) -> int:
         print(f"batch {batch} (Caffe CPU, medians of {args.repeats} alternating runs x {args.iterations} passes)")
         sys.stdout.write(render(bench_columns(), r["layers"], args.format,
                                 footer={"name": "whole net", **r["total"]}))
+        if args.format != "csv":
+            print(environment_line(r["environment"], r["total"]))
     if png:
         print(f"wrote {png}")
     return 0

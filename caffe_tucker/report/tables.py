@@ -174,13 +174,15 @@ def _parts(v) -> str:
 
 
 def bench_columns() -> list[Column]:
-    """Columns of the ``bench`` report (one row per original layer, footer: the whole net)."""
+    """Columns of the ``bench`` report (one row per original layer, footer: the whole net,
+    the only row with a speed-up ceiling and the fraction of it realized)."""
     return [Column("layer", "name"), Column("method", "method", _or_blank),
             Column("original ms", "original_ms", _fixed2, ">"),
             Column("compressed ms", "compressed_ms", _fixed2, ">"),
             Column("(= parts)", "parts_ms", _parts),
             Column("speed-up", "speedup", _times, ">"), Column("FLOPs ratio", "theoretical", _times, ">"),
-            Column("quotient", "quotient", _fixed2, ">")]
+            Column("quotient", "quotient", _fixed2, ">"),
+            Column("ceiling", "ceiling", _times, ">"), Column("of ceiling", "realized", _fixed2, ">")]
 
 
 def _ranks_or_unknown(v) -> str:

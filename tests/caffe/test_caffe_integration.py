@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from caffe_tucker import infer_shapes, read_prototxt
+from caffe_tucker.caffe.bench import speedup_ceiling
 from caffe_tucker.io.emit import write_caffemodel
 from caffe_tucker.io.fillers import init_weights
 from caffe_tucker.compress.methods import get_method
@@ -59,6 +60,32 @@ def test_vbmf_convert_verifies_and_benches(cli, caffe_command, cifar, tmp_path):
     conv2 = next(r for r in data["1"]["layers"] if r["name"] == "conv2")
     assert conv2["method"] == "tucker2" and len(conv2["parts_ms"]) == 3
     assert (tmp_path / "out" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_states_its_blas_pins_threads_and_gives_the_ceiling(cli, caffe_command, tmp_path):
+    """The digits convert output benched with --threads 1: the JSON names Caffe and OpenBLAS,
+    the one thread in force, and the whole net's ceiling from its own layer times."""
+    digits = tmp_path / "digits.prototxt"
+    digits.write_text((ZOO / "digits" / "deploy.prototxt").read_text())
+    digits.with_suffix(".caffemodel").write_bytes((ZOO / "digits" / "digits.caffemodel").read_bytes())
+    assert cli("convert", digits, "-o", tmp_path / "out", "--no-plot")[0] == 0
+    code, out, err = caffe_cli(cli, caffe_command, "bench", tmp_path / "out", "--threads", "1",
+                               "--iterations", "2", "--repeats", "1", "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)["1"]
+    env, total = result["environment"], result["total"]
+    assert env["caffe_version"].startswith("1.0") and "blas" in env["blas_library"]
+    assert env["blas_corename"] and env["blas_config"].startswith("OpenBLAS")
+    assert (env["threads"], env["threads_requested"], env["batch"]) == (1, 1, 1)
+    compressed = [(r["original_ms"], r["theoretical"]) for r in result["layers"] if r["method"]]
+    assert compressed
+    assert total["ceiling"] == pytest.approx(speedup_ceiling(total["original_ms"], compressed))
+    assert 1 < total["ceiling"] <= max(r for _, r in compressed) + 1e-9
+    assert total["realized"] == pytest.approx(total["speedup"] / total["ceiling"])
+    code, out, err = caffe_cli(cli, caffe_command, "bench", tmp_path / "out", "--iterations", "1",
+                               "--repeats", "1")
+    assert code == 0, err
+    assert "Caffe 1.0" in out and "OpenBLAS" in out and "thread(s)" in out and "ceiling x" in out
 
 
 @pytest.mark.parametrize("model, weights, extra", [

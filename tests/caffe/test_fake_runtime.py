@@ -446,7 +446,8 @@ def test_fake_time_reports_every_layer(shared_models):
     fake = FakeRuntime()
     result = fake.time(net, batch=3, iterations=2, warmup=1)
     assert set(result) == {"layers", "forward_ms", "layers_sum_ms", "batch", "iterations",
-                           "warmup", "input_shapes"}
+                           "warmup", "input_shapes", "blas"}
+    assert result["blas"] == dict.fromkeys(("library", "threads", "corename", "config"))
     assert [(r["name"], r["type"]) for r in result["layers"]] == [(l.name, l.type)
                                                                    for l in net.layers]
     assert all(r["ms"] >= 0 for r in result["layers"]) and result["forward_ms"] > 0

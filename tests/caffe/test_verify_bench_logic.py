@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from caffe_tucker import ConvertOptions, convert, write_outputs
-from caffe_tucker.caffe.bench import bench
+from caffe_tucker.caffe.bench import bench, speedup_ceiling
 from caffe_tucker.caffe.verify import (DECOMPOSITION_TOLERANCE, load_pair, reconstructed_original,
                                        verify)
 from caffe_tucker.errors import CaffeTuckerError, InputFileError
@@ -106,7 +106,41 @@ def test_bench_rows_come_from_the_record(converted):
     total = b["batches"][1]["total"]
     assert total["theoretical"] == pytest.approx(result.record.total.flops_ratio)
     assert total["quotient"] == pytest.approx(total["speedup"] / total["theoretical"])
+    compressed = [(rows[r.name]["original_ms"], rows[r.name]["theoretical"])
+                  for r in result.record.compressed]
+    total2 = b["batches"][2]["total"]
+    assert total2["ceiling"] == pytest.approx(speedup_ceiling(total2["original_ms"], compressed))
+    assert total2["realized"] == pytest.approx(total2["speedup"] / total2["ceiling"])
+    env = b["batches"][2]["environment"]
+    assert (env["batch"], env["iterations"], env["repeats"]) == (2, 2, 2)
+    assert env["threads"] is None and env["threads_requested"] is None   # the fake has no BLAS
+    assert env["caffe_version"] is None and env["blas_library"] is None
     assert [c.kind for c in fake.calls] == ["time"] * 8       # 2 batches x 2 repeats x 2 nets
+
+
+def test_speedup_ceiling_keeps_the_untouched_time():
+    """A fake timing table: 100 ms in all, conv1 40 ms at FLOPs x4, conv2 20 ms at x2; the other
+    40 ms (untouched layers and overhead) stay: 100 / (40 + 10 + 10)."""
+    assert speedup_ceiling(100.0, [(40.0, 4.0), (20.0, 2.0)]) == pytest.approx(100 / 60)
+    assert speedup_ceiling(100.0, []) == 1.0                           # nothing compressed
+    assert speedup_ceiling(50.0, [(50.0, 5.0)]) == pytest.approx(5.0)   # all of it compressed
+    # per-layer times adding up to more than the pass: no negative untouched time
+    assert speedup_ceiling(50.0, [(30.0, 3.0), (30.0, 3.0)]) == pytest.approx(50 / 20)
+    # a ratio below 1 (a layer that grew) lowers the ceiling under 1
+    assert speedup_ceiling(10.0, [(10.0, 0.5)]) == pytest.approx(0.5)
+    for total, layers in ((0.0, []), (10.0, [(1.0, 0.0)]), (10.0, [(-1.0, 2.0)])):
+        with pytest.raises(ValueError, match="parameter of speedup_ceiling must"):
+            speedup_ceiling(total, layers)
+
+
+def test_bench_passes_the_threads_and_checks_them(converted):
+    result, out = converted
+    b = bench(FakeRuntime(), load_pair([out]), iterations=1, repeats=1, warmup=0, threads=3)
+    env = b["batches"][1]["environment"]
+    assert (env["threads"], env["threads_requested"]) == (3, 3)   # the fake echoes what it got
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="'threads' parameter of bench must be an int >= 1"):
+            bench(FakeRuntime(), load_pair([out]), threads=bad)
 
 
 def test_four_file_bench_works(converted, cifar):

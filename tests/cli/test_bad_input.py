@@ -152,6 +152,8 @@ CASES = {
          "positive integers separated by commas"),
         ("bad --iterations", ["bench", "{cifar}", "{weights}", "{cifar}", "{weights}",
                               "--iterations", "0"], "must be an integer >= 1"),
+        ("bad --threads", ["bench", "{cifar}", "{weights}", "{cifar}", "{weights}",
+                           "--threads", "0"], "must be an integer >= 1"),
         ("--png under a regular file", ["bench", "{cifar}", "{weights}", "{cifar}", "{weights}",
                                         "--png", "{file}/bench.png"], "cannot write the output"),
         ("--png over an input", ["bench", "{cifar}", "{weights}", "{cifar}", "{weights}",
