@@ -18,53 +18,33 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
+import bench_data  # noqa: E402
 from caffe_tucker.caffe.pycaffe import CaffeRuntime  # noqa: E402
-from caffe_tucker.model import load_model  # noqa: E402
 from caffe_tucker.quantize.pipeline import QuantizeOptions, quantize_model  # noqa: E402
-from caffe_tucker.sparsity.data import (TrainSet, eval_set_from_npz, sr_eval_set,  # noqa: E402
-                                        sr_train_set)
 from caffe_tucker.sparsity.regularizer import PenaltyOptions  # noqa: E402
 from caffe_tucker.sparsity.schedule import SparsifyOptions, sparsify  # noqa: E402
 
 
-def digits():
-    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "zoo_models/digits/train.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    x_tr, y_tr, x_te, y_te = recipe.load_split()
-    with tempfile.TemporaryDirectory() as d:
-        np.savez(Path(d) / "test.npz", data=x_te, label=y_te)
-        test = eval_set_from_npz(Path(d) / "test.npz")
-    model = load_model(ROOT / "zoo_models/digits/deploy.prototxt",
-                       ROOT / "zoo_models/digits/digits.caffemodel")
-    train = TrainSet({"data": x_tr, "label": y_tr}, "digits train split")
-    sparse = SparsifyOptions(spatial=0.9, winograd=0.9, regularize_iterations=600,
-                             finetune_iterations=400, batch=64, lr=0.005, finetune_lr=0.001)
-    return model, train, test, sparse, dict(lr=0.1, batch=64)
-
-
-def vdsr(shared: Path):
-    model = load_model(shared / "models/vdsr/VDSR_net_deploy.prototxt",
-                       shared / "models/vdsr/VDSR_Adam.caffemodel")
-    train = sr_train_set(shared / "data/sr/Set14", 3, patch=32, stride=32)
-    test = sr_eval_set(shared / "data/sr/Set5", 3)
-    sparse = SparsifyOptions(spatial=0.5, winograd=0.5, regularize_iterations=150,
-                             finetune_iterations=150, batch=8, lr=1e-4, finetune_lr=1e-4,
-                             solver_type="Adam", penalty=PenaltyOptions(omega_lr=0.1))
-    return model, train, test, sparse, dict(lr=1e-3, batch=8)
+#: Per model: the sparsify run that makes the sparse start, and the codebook fine-tuning settings.
+SPARSE = {
+    "digits": SparsifyOptions(spatial=0.9, winograd=0.9, regularize_iterations=600,
+                              finetune_iterations=400, batch=64, lr=0.005, finetune_lr=0.001),
+    "vdsr": SparsifyOptions(spatial=0.5, winograd=0.5, regularize_iterations=150,
+                            finetune_iterations=150, batch=8, lr=1e-4, finetune_lr=1e-4,
+                            solver_type="Adam", penalty=PenaltyOptions(omega_lr=0.1)),
+}
+TUNE = {"digits": dict(lr=0.1, batch=64), "vdsr": dict(lr=1e-3, batch=8)}
 
 
 def main(argv=None) -> int:
@@ -79,10 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--shared", default=str(ROOT.parent / "shared"))
     p.add_argument("--out", default=str(HERE))
     args = p.parse_args(argv)
-    if args.model == "digits":
-        model, train, test, sparse_options, tune = digits()
-    else:
-        model, train, test, sparse_options, tune = vdsr(Path(args.shared))
+    model, train, test = (bench_data.digits() if args.model == "digits"
+                          else bench_data.vdsr(Path(args.shared), 32))
+    sparse_options, tune = SPARSE[args.model], TUNE[args.model]
     bits = [int(b) for b in (args.bits or ("2,3,4,5" if args.model == "digits" else "3,4,5")).split(",")]
     finetune = args.finetune if args.finetune is not None else (100 if args.model == "digits" else 0)
     rows = []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import sys
 import time
@@ -33,41 +32,22 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
+import bench_data  # noqa: E402
 from caffe_tucker.caffe.pycaffe import CaffeRuntime  # noqa: E402
-from caffe_tucker.model import load_model  # noqa: E402
-from caffe_tucker.sparsity.data import (TrainSet, eval_set_from_npz, sr_eval_set,  # noqa: E402
-                                        sr_train_set)
 from caffe_tucker.sparsity.record import sparsity_record  # noqa: E402
 from caffe_tucker.sparsity.regularizer import PenaltyOptions  # noqa: E402
 from caffe_tucker.sparsity.schedule import SparsifyOptions, sparsify  # noqa: E402
 
 
-def digits():
-    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "zoo_models/digits/train.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    x_tr, y_tr, x_te, y_te = recipe.load_split()
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        np.savez(Path(d) / "test.npz", data=x_te, label=y_te)
-        test = eval_set_from_npz(Path(d) / "test.npz")
-    model = load_model(ROOT / "zoo_models/digits/deploy.prototxt",
-                       ROOT / "zoo_models/digits/digits.caffemodel")
-    train = TrainSet({"data": x_tr, "label": y_tr}, "digits train split")
-    base = dict(regularize_iterations=1000, finetune_iterations=1000, batch=64, lr=0.005,
-                finetune_lr=0.001, momentum=0.9, weight_decay=0.0)
-    return model, train, test, base
-
-
-def vdsr(shared: Path, patch: int):
-    model = load_model(shared / "models/vdsr/VDSR_net_deploy.prototxt",
-                       shared / "models/vdsr/VDSR_Adam.caffemodel")
-    train = sr_train_set(shared / "data/sr/Set14", 3, patch=patch, stride=patch)
-    test = sr_eval_set(shared / "data/sr/Set5", 3)
-    base = dict(regularize_iterations=150, finetune_iterations=150, batch=8, lr=1e-4,
-                finetune_lr=1e-4, momentum=0.9, weight_decay=0.0, solver_type="Adam")
-    return model, train, test, base
+#: Per model: the schedule both methods get.
+SCHEDULES = {
+    "digits": dict(regularize_iterations=1000, finetune_iterations=1000, batch=64, lr=0.005,
+                   finetune_lr=0.001, momentum=0.9, weight_decay=0.0),
+    "vdsr": dict(regularize_iterations=150, finetune_iterations=150, batch=8, lr=1e-4,
+                 finetune_lr=1e-4, momentum=0.9, weight_decay=0.0, solver_type="Adam"),
+}
 
 
 def main(argv=None) -> int:
@@ -85,7 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared folder")
     p.add_argument("--out", default=str(HERE), help="where the JSON/CSV/PNG go")
     args = p.parse_args(argv)
-    model, train, test, base = digits() if args.model == "digits" else vdsr(Path(args.shared), args.patch)
+    model, train, test = (bench_data.digits() if args.model == "digits"
+                          else bench_data.vdsr(Path(args.shared), args.patch))
+    base = dict(SCHEDULES[args.model])
     levels = [float(x) for x in (args.spatial or ("0.5,0.7,0.9" if args.model == "digits"
                                                   else "0.5")).split(",")]
     if args.iterations:

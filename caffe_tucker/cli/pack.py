@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from caffe_tucker.cli.args import add_force, add_output, add_prototxt, add_weights
-from caffe_tucker.errors import InputFileError
 from caffe_tucker.io.fsutil import check_output
 
 
@@ -25,20 +24,12 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from caffe_tucker.io.read import default_weights_path, read_prototxt
+    from caffe_tucker.io.read import weights_for
     from caffe_tucker.model import load_model
     from caffe_tucker.quantize.container import Packed, write_container
 
     proto = Path(args.prototxt)
-    weights = args.weights
-    if weights is None:
-        read_prototxt(proto)  # a missing or malformed net is named before the missing weights
-        weights = default_weights_path(proto)
-        if weights is None:
-            raise InputFileError(
-                f"{proto}: no weights given and no {proto.with_suffix('.caffemodel').name} "
-                "beside it; hint: pass --weights W.caffemodel")
-    weights = Path(weights)
+    weights = weights_for(proto, args.weights)
     out = Path(args.output) if args.output else weights.with_suffix(".ctz")
     inputs = [proto, weights]
     check_output(out, args.force, inputs)  # fail before the work, not after

@@ -67,22 +67,14 @@ def _shown(metric, value) -> str:
 
 def run(args) -> int:
     # imported on use so that --help and the other subcommands stay quick
-    from caffe_tucker.cli.sparsify import load_data
+    from caffe_tucker.sparsity.data import load_sets
     from caffe_tucker.io.fsutil import write_atomic
-    from caffe_tucker.io.read import default_weights_path, read_prototxt
+    from caffe_tucker.io.read import weights_for
     from caffe_tucker.model import load_model
     from caffe_tucker.quantize.pipeline import QuantizeOptions, quantize_model
 
     proto = Path(args.prototxt)
-    weights = args.weights
-    if weights is None:
-        read_prototxt(proto)  # a missing or malformed net is named before the missing weights
-        weights = default_weights_path(proto)
-        if weights is None:
-            raise InputFileError(f"{proto}: no weights given and no "
-                                 f"{proto.with_suffix('.caffemodel').name} beside it; hint: pass "
-                                 "--weights W.caffemodel")
-    weights = Path(weights)
+    weights = weights_for(proto, args.weights)
     out = Path(args.output) if args.output else weights.with_suffix(".ctz")
     inputs = [proto, weights, args.train_data, args.test_data]
     check_output(out, args.force, inputs)  # fail before the work, not after
@@ -96,7 +88,7 @@ def run(args) -> int:
     model = load_model(proto, weights)
     train = test = None
     if args.test_data:
-        train, test = load_data(args.train_data, args.test_data, args.scale, args.patch)
+        train, test = load_sets(args.train_data, args.test_data, args.scale, args.patch)
     rt = caffe_runtime(args) if test is not None else None
     try:
         with Progress(options.finetune_iterations or None, f"quantize {weights.name}") as bar:

@@ -13,7 +13,7 @@ from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_format, add
                                    add_prototxt, add_seed, add_weights, caffe_runtime, float_in,
                                    fraction,
                                    int_in, names, non_empty)
-from caffe_tucker.errors import InputFileError, OutputExistsError
+from caffe_tucker.errors import OutputExistsError
 from caffe_tucker.io.fsutil import check_out_dir
 from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import dumps_json, human, measure_columns, render, sparsify_columns
@@ -88,29 +88,15 @@ def add_parser(subparsers):
     return p
 
 
-def load_data(train_data, test_data, scale: int, patch: int):
-    """The training and test sets of ``--train-data``/``--test-data`` (npz files or image
-    folders; ``train_data`` may be None)."""
-    from caffe_tucker.sparsity.data import (eval_set_from_npz, sr_eval_set, sr_train_set,
-                                            train_set_from_npz)
-
-    train = None
-    if train_data is not None:
-        path = Path(train_data)
-        train = sr_train_set(path, scale, patch, patch) if path.is_dir() else train_set_from_npz(path)
-    path = Path(test_data)
-    test = sr_eval_set(path, scale) if path.is_dir() else eval_set_from_npz(path)
-    return train, test
-
-
 def _shown(metric: str, value: float) -> str:
     return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.2f} dB"
 
 
 def run(args) -> int:
     # imported on use so that --help and the other subcommands stay quick.
-    from caffe_tucker.io.read import default_weights_path, read_net, read_prototxt
+    from caffe_tucker.io.read import read_net, weights_for
     from caffe_tucker.model import load_model
+    from caffe_tucker.sparsity.data import load_sets
     from caffe_tucker.sparsity.outputs import write_outputs
     from caffe_tucker.sparsity.record import sparsity_record
     from caffe_tucker.sparsity.regularizer import PenaltyOptions
@@ -118,14 +104,7 @@ def run(args) -> int:
                                                sparsify)
 
     proto = Path(args.prototxt)
-    weights = args.weights
-    if weights is None:
-        read_prototxt(proto)  # a missing or malformed net is named before the missing weights
-        weights = default_weights_path(proto)
-        if weights is None:
-            raise InputFileError(f"{proto}: no weights given and no "
-                                 f"{proto.with_suffix('.caffemodel').name} beside it; hint: pass "
-                                 "--weights W.caffemodel (sparsify starts from a trained model)")
+    weights = weights_for(proto, args.weights, " (sparsify starts from a trained model)")
     out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_sparse"
     inputs = [proto, weights, args.train_val, args.train_data, args.test_data]
     check_out_dir(out, args.force, inputs)  # fail before the work, not after
@@ -139,7 +118,7 @@ def run(args) -> int:
         penalty=PenaltyOptions(coefficient_init=args.coefficient_init, omega_lr=args.omega_lr,
                                coefficient_target=args.coefficient_target))
     model = load_model(proto, weights)
-    train, test = load_data(args.train_data, args.test_data, args.scale, args.patch)
+    train, test = load_sets(args.train_data, args.test_data, args.scale, args.patch)
     train_net = read_net(args.train_val).for_state("TRAIN") if args.train_val else None
     train_net = prepare_train_net(model, train, test, options, train_net)  # before Caffe starts
     work = out.parent / f".{out.name}.sparsify-work"

@@ -26,12 +26,12 @@ from caffe_tucker.compress.ranks import (RankChoice, check_manual_ranks, select_
                                          split_ranks_entries)
 from caffe_tucker.compress.record import CompressionRecord, LayerRecord, Totals
 from caffe_tucker.compress.rewrite import replacement_for, rewrite_net
-from caffe_tucker.errors import CaffeTuckerError, InputFileError, where
+from caffe_tucker.errors import CaffeTuckerError, where
 from caffe_tucker.graph import Net
 from caffe_tucker.io.caffe_pb2 import SolverParameter
 from caffe_tucker.io.emit import caffemodel_chunks, prototxt_text
-from caffe_tucker.io.fsutil import check_out_dir, write_directory
-from caffe_tucker.io.read import default_weights_path, read_prototxt
+from caffe_tucker.io.fsutil import write_directory
+from caffe_tucker.io.read import read_prototxt, weights_for
 from caffe_tucker.model import Model, load_model
 from caffe_tucker.report.markdown import convert_markdown
 from caffe_tucker.report.plots import ranks_png
@@ -101,13 +101,7 @@ def _zoo_meta(preset: str) -> dict | None:
 
 def _prepare(prototxt, weights, options: ConvertOptions):
     """Load the net; resolve the preset and the plan."""
-    if weights is None:
-        read_prototxt(prototxt)  # a missing or malformed net is named before the missing weights
-        weights = default_weights_path(prototxt)
-        if weights is None:
-            raise InputFileError(
-                f"{prototxt}: no weights given and no {Path(prototxt).with_suffix('.caffemodel').name} "
-                "beside it; hint: pass --weights W.caffemodel (or make random ones with 'init')")
+    weights = weights_for(prototxt, weights, " (or make random ones with 'init')")
     if options.train_val is not None and (options.train_source or options.val_source):
         raise CaffeTuckerError(f"--train-val {options.train_val} and --train-source/--val-source "
                                "do not go together: the fine-tuning net is your train_val, which "

@@ -29,7 +29,7 @@ from caffe_tucker.io.wire import RawWeights, decode_weights
 
 __all__ = ["read_prototxt", "read_caffemodel", "read_net", "attach_weights", "parse_net_text",
            "read_solver", "read_ranks_file", "NetText", "read_net_text", "MAX_PROTOTXT_MB",
-           "MAX_PROTOTXT_ENV", "max_prototxt_bytes"]
+           "MAX_PROTOTXT_ENV", "max_prototxt_bytes", "default_weights_path", "weights_for"]
 
 #: The largest prototxt read, in MiB.  Text-format parsing takes about a second per MiB, so a
 #: file of hundreds of MiB (repeated fields, or a caffemodel dumped as text) would parse for
@@ -331,3 +331,20 @@ def default_weights_path(prototxt) -> Path | None:
         if (p.parent / name).is_file():
             return p.parent / name
     return None
+
+
+def weights_for(prototxt, weights=None, hint: str = "") -> Path:
+    """``weights``, or the default weights beside ``prototxt`` (:func:`default_weights_path`).
+
+    A missing or malformed net is named before missing weights; no weights anywhere is one line
+    ending in ``hint: pass --weights W.caffemodel`` followed by ``hint``.
+    """
+    if weights is not None:
+        return Path(weights)
+    read_prototxt(prototxt)
+    found = default_weights_path(prototxt)
+    if found is None:
+        raise InputFileError(f"{prototxt}: no weights given and no "
+                             f"{Path(prototxt).with_suffix('.caffemodel').name} beside it; hint: "
+                             f"pass --weights W.caffemodel{hint}")
+    return found

@@ -128,13 +128,14 @@ def quantize_model(model: Model, options: QuantizeOptions, *, runtime=None, trai
     else:
         tuned = quantized
     decoded = decoded_net(net, tuned)
+    original_bytes = b"".join(bytes(c) for c in caffemodel_chunks(net))
     if runtime is not None and test is not None:
         from caffe_tucker.io.emit import prototxt_text
         from caffe_tucker.sparsity.schedule import evaluate
 
         text = prototxt_text(net)
         measures["original"] = (original if original is not None else
-                                evaluate(runtime, text, b"".join(caffemodel_chunks(net)), test))
+                                evaluate(runtime, text, original_bytes, test))
         if "quantized" not in measures:
             measures["quantized"] = evaluate(runtime, text,
                                              b"".join(caffemodel_chunks(decoded)), test)
@@ -149,8 +150,7 @@ def quantize_model(model: Model, options: QuantizeOptions, *, runtime=None, trai
                           "options": options.to_dict()})
     data = pack_bytes(packed)
     sizes = container_sizes(packed)
-    original = b"".join(bytes(c) for c in caffemodel_chunks(net))
-    file_sizes = {**generic_sizes(original), "container": len(data)}
+    file_sizes = {**generic_sizes(original_bytes), "container": len(data)}
     rows = []
     by_layer = {r["layer"]: r for r in sizes["quantized"]}
     for q in tuned:

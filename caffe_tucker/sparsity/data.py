@@ -33,8 +33,8 @@ import numpy as np
 
 from caffe_tucker.errors import InputFileError
 
-__all__ = ["TrainSet", "EvalSet", "load_npz", "train_set_from_npz", "eval_set_from_npz",
-           "sr_train_set", "sr_eval_set", "image_files", "luminance", "accuracy", "psnr",
+__all__ = ["TrainSet", "EvalSet", "load_npz", "load_sets", "train_set_from_npz",
+           "eval_set_from_npz", "eval_set_from_arrays", "sr_train_set", "sr_eval_set", "image_files", "luminance", "accuracy", "psnr",
            "METRICS"]
 
 METRICS = ("accuracy", "psnr")
@@ -120,6 +120,30 @@ def load_npz(path) -> dict:
     return {k: a.astype(np.float32) for k, a in arrays.items()}
 
 
+def load_sets(train_data, test_data, scale: int, patch: int) -> tuple:
+    """``(train, test)`` of ``--train-data``/``--test-data``: ``.npz`` files or image folders
+    (super-resolution at ``scale``, training patches of ``patch``); ``train_data`` may be None."""
+    train = None
+    if train_data is not None:
+        path = Path(train_data)
+        train = sr_train_set(path, scale, patch, patch) if path.is_dir() else train_set_from_npz(path)
+    path = Path(test_data)
+    return train, sr_eval_set(path, scale) if path.is_dir() else eval_set_from_npz(path)
+
+
+def eval_set_from_arrays(x: np.ndarray, y: np.ndarray, data: str = "data", chunk: int = 100,
+                         metric: str | None = None, shave: int = 0, source: str = "") -> EvalSet:
+    """Test items from arrays ``x`` (the net's input) and ``y`` (the truth), ``chunk`` samples a
+    forward; the metric defaults to accuracy for one integer class per sample, else PSNR."""
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+    if metric is None:
+        metric = "accuracy" if y.ndim == 1 or y[0].size == 1 else "psnr"
+    if metric == "accuracy" and not np.all(y == np.round(y)):
+        raise _bad(source, "the labels must be integer class indices for accuracy")
+    items = tuple(({data: x[i:i + chunk]}, y[i:i + chunk]) for i in range(0, len(x), chunk))
+    return EvalSet(items, metric, shave, source)
+
+
 def train_set_from_npz(path) -> TrainSet:
     return TrainSet(load_npz(path), str(path))
 
@@ -136,13 +160,7 @@ def eval_set_from_npz(path, data: str = "data", label: str = "label", chunk: int
         if key not in arrays:
             raise _bad(path, f"has no array {key!r} (it has {sorted(arrays)}); a test set needs "
                              f"'{data}' (the net's input) and '{label}' (the truth)")
-    x, y = arrays[data], arrays[label]
-    if metric is None:
-        metric = "accuracy" if y.ndim == 1 or y[0].size == 1 else "psnr"
-    if metric == "accuracy" and not np.all(y == np.round(y)):
-        raise _bad(path, f"'{label}' must hold integer class indices for accuracy")
-    items = tuple(({data: x[i:i + chunk]}, y[i:i + chunk]) for i in range(0, len(x), chunk))
-    return EvalSet(items, metric, shave, str(path))
+    return eval_set_from_arrays(arrays[data], arrays[label], data, chunk, metric, shave, str(path))
 
 
 # -- super-resolution images -------------------------------------------------------------------

@@ -192,7 +192,7 @@ def _omega_step(omega: float, r: float, alpha: float, options: PenaltyOptions) -
 
 
 def penalty_step(weights: Mapping[str, np.ndarray], winograd_layers, options: PenaltyOptions,
-                 coefficients: Coefficients, tile: WinogradTile) -> PenaltyStep:
+                 coefficients: Coefficients, tile: WinogradTile, terms=None) -> PenaltyStep:
     """The gradients to add to Caffe's for one iteration, and the coefficients' step.
 
     Parameters
@@ -206,13 +206,22 @@ def penalty_step(weights: Mapping[str, np.ndarray], winograd_layers, options: Pe
         The current ``w_S``, ``w_W``, ``a_S``, ``a_W``.
     tile : WinogradTile
         The Winograd tile the Winograd-domain weights are taken in.
+    terms : tuple, optional
+        :func:`penalties` of these weights, already computed (a training loop logs them too); a
+        domain whose target in ``options`` is 0 is left out of them.
 
     Returns
     -------
     PenaltyStep
         ``gradients[l] = exp(w_S) dR_S/dw_l + exp(w_W) dR_W/dw_l`` as float32.
     """
-    r_s, r_w, grad_s, grad_w = penalties(weights, winograd_layers, options, tile)
+    if terms is None:
+        terms = penalties(weights, winograd_layers, options, tile)
+    r_s, r_w, grad_s, grad_w = terms
+    if not options.spatial > 0:
+        r_s, grad_s = 0.0, {}
+    if not options.winograd > 0:
+        r_w, grad_w = 0.0, {}
     c_s, c_w = coefficients.spatial, coefficients.winograd
     gradients = {}
     for name in sorted(weights):

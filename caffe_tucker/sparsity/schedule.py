@@ -45,7 +45,7 @@ from caffe_tucker.io.read import attach_weights
 from caffe_tucker.io.wire import decode_weights
 from caffe_tucker.model import Model
 from caffe_tucker.sparsity.data import EvalSet, TrainSet, accuracy, psnr
-from caffe_tucker.sparsity.prune import apply_mask, magnitude_mask, sparsity
+from caffe_tucker.sparsity.prune import apply_mask, magnitude_mask
 from caffe_tucker.sparsity.regularizer import (Coefficients, PenaltyOptions, initial_coefficients,
                                                penalties, penalty_step)
 from caffe_tucker.sparsity.train_net import build_solver, build_train_net
@@ -286,8 +286,10 @@ def _digest(*parts) -> str:
     return h.hexdigest()
 
 
-def _energy(weights: Mapping, winograd_layers, options: PenaltyOptions, tile) -> tuple:
-    r_s, r_w, _, _ = penalties(weights, winograd_layers, options, tile)
+def _energy(weights: Mapping, winograd_layers, terms, tile) -> tuple:
+    """Shares of each domain's energy in its small set (``terms``: :func:`penalties` of
+    ``weights``), and the share of exact zeros."""
+    r_s, r_w, _, _ = terms
     e_s = sum(0.5 * float(np.sum(np.square(w, dtype=np.float64))) for w in weights.values())
     e_w = sum(0.5 * float(np.sum(np.square(to_winograd(weights[n], tile))))
               for n in winograd_layers)
@@ -454,16 +456,18 @@ def sparsify(model: Model, train: TrainSet, test: EvalSet, options: SparsifyOpti
         try:
             if start > 0:
                 session.restore(work.read("weights.caffemodel"), work.read("solver.solverstate"))
+            terms = penalties(weights, wl, options.penalty, tile)  # once per weights: step and log
             for i in range(start, n_iter):
                 it = offset + i
-                step = penalty_step(weights, wl, pen, coeffs, tile) if joint else None
+                step = penalty_step(weights, wl, pen, coeffs, tile, terms) if joint else None
                 batch = train.batch(it, options.batch, options.seed)
                 res = session.step(batch, add_diffs=step.gradients if step else None,
                                    masks=masks or None, fetch=layers)
                 weights = {n: res.weights[n] for n in layers}
                 if step is not None:
                     coeffs = step.next_coefficients
-                e_s, e_w, zeros = _energy(weights, wl, options.penalty, tile)
+                terms = penalties(weights, wl, options.penalty, tile)
+                e_s, e_w, zeros = _energy(weights, wl, terms, tile)
                 metric = None
                 done = i + 1
                 if options.eval_every and (done % options.eval_every == 0 or done == n_iter):
