@@ -14,8 +14,8 @@ error; on every real kernel of the test data the error is no higher than TensorL
 tighter ``tol`` goes at least as far along the same path where that matters).
 
 A mode's update is the leading eigenvectors of the Gram matrix of the tensor projected on the
-other mode (:func:`leading_vectors`).  ``gram_dtype=np.float32`` computes the Gram matrix and its
-eigendecomposition in float32: faster, but off by default, since its rounding (≈ 1e-6 relative
+other mode (:func:`caffe_tucker.compress.linalg.leading_vectors`).  ``gram_dtype=np.float32``
+computes the Gram matrix and its eigendecomposition in float32: faster, but off by default, since its rounding (≈ 1e-6 relative
 error) exceeds the tests' bound and turns an exact decomposition (a rank-deficient kernel at its
 rank) into an inexact one.  Signs are fixed (largest-magnitude entry of each column positive), so
 the same kernel gives the same factors.
@@ -32,8 +32,8 @@ References
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
+from caffe_tucker.compress.linalg import leading_vectors
 from caffe_tucker.errors import check_param
 
 __all__ = ["tucker2_hooi", "leading_vectors", "HOOI_MAX_SWEEPS", "HOOI_TOL"]
@@ -44,40 +44,6 @@ __all__ = ["tucker2_hooi", "leading_vectors", "HOOI_MAX_SWEEPS", "HOOI_TOL"]
 #: relative, against +6.9e-7 with 1e-6 and +4e-4 with 1e-4).
 HOOI_MAX_SWEEPS = 5
 HOOI_TOL = 1e-7
-#: Matrices with at most this many rows use LAPACK's SVD instead of the Gram matrix.
-_DIRECT_SVD_MAX = 32
-
-
-def _fix_signs(u: np.ndarray) -> np.ndarray:
-    rows = np.argmax(np.abs(u), axis=0)
-    signs = np.sign(u[rows, np.arange(u.shape[1])])
-    return u * np.where(signs == 0, 1.0, signs)
-
-
-def leading_vectors(x: np.ndarray, k: int, gram_dtype=np.float64):
-    """``(U, energy)``: the ``k`` leading left singular vectors of ``x`` (m × n) and Σ σ².
-
-    ``U`` is orthonormal, float64, with fixed signs; ``energy`` is the sum of the ``k`` leading
-    squared singular values (the squared norm of ``Uᵀ x``).
-
-    Eigenvectors of the m × m Gram matrix ``x xᵀ`` (computed in ``gram_dtype``) by
-    ``scipy.linalg.eigh`` with ``subset_by_index``; small matrices (m ≤ 32) by LAPACK's SVD.
-    Orthonormal even where singular values vanish, so a full-rank decomposition stays exact.
-    """
-    m = x.shape[0]
-    k = min(int(k), m)
-    if m <= _DIRECT_SVD_MAX:
-        u, sv, _vt = np.linalg.svd(x.astype(np.float64, copy=False), full_matrices=True)
-        u, energy = u[:, :k], float(np.sum(sv[:k] ** 2))
-    else:
-        xg = x.astype(gram_dtype, copy=False)
-        w, u = scipy.linalg.eigh(xg @ xg.T, subset_by_index=[m - k, m - 1], driver="evr")
-        u, energy = u[:, ::-1].astype(np.float64), float(np.sum(w, dtype=np.float64))
-        if gram_dtype != np.float64:  # re-orthonormalise the float32 vectors in float64
-            u, _r = np.linalg.qr(u)
-    return _fix_signs(u), energy
-
-
 def _update_input(w: np.ndarray, u4: np.ndarray, r3: int, gram_dtype) -> np.ndarray:
     """``(U3, energy)`` given U4: leading vectors of the mode-1 unfolding of ``W ×₀ U4ᵀ``."""
     y = np.tensordot(u4.T, w, axes=(1, 0))            # (R4, S, kh, kw)

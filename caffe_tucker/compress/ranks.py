@@ -38,6 +38,7 @@ import numpy as np
 
 from caffe_tucker.analysis.cost import layer_cost
 from caffe_tucker.analysis.shapes import ShapeInfo
+from caffe_tucker.compress.linalg import singular_values
 from caffe_tucker.compress.methods import get_method
 from caffe_tucker.compress.vbmf import SOLVERS, evbmf
 from caffe_tucker.errors import CaffeTuckerError, check_param
@@ -170,7 +171,7 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
                 result = (evbmf(matrix, weaken=weaken, solver=vbmf_solver) if how == "vbmf"
                           else None)
                 values = result.singular_values if result is not None else \
-                    np.linalg.svd(matrix, compute_uv=False)
+                    singular_values(matrix)
                 found.setdefault(mode, []).append(values)
                 chosen.append(result.rank if result is not None else
                               _rank_of(values, how, arg))

@@ -34,11 +34,12 @@ import contextlib
 import warnings
 
 import numpy as np
-import scipy.linalg
 import tensorly as tl
 import tensorly.tenalg.svd
 from tensorly.decomposition import parafac as _tensorly_parafac
 from tensorly.decomposition import partial_tucker as _tensorly_partial_tucker
+
+from caffe_tucker.compress.linalg import DIRECT_SVD_MAX, leading_eigh
 
 __all__ = ["partial_tucker", "parafac", "leading_svd", "HOOI_MAX_ITER", "HOOI_TOL",
            "CP_MAX_ITER", "CP_TOL"]
@@ -49,8 +50,6 @@ HOOI_TOL = 1e-4
 #: CP-ALS stops after this many sweeps, or when the relative error changes by less than CP_TOL.
 CP_MAX_ITER = 500
 CP_TOL = 1e-6
-#: Wide matrices with more rows than this use the Gram-matrix eigensolver.
-_DIRECT_SVD_MAX = 32
 
 
 def leading_svd(matrix, n_eigenvecs=None, **_kwargs):
@@ -58,7 +57,7 @@ def leading_svd(matrix, n_eigenvecs=None, **_kwargs):
 
     HOOI needs only the leading left singular vectors of wide unfoldings
     (m rows ≤ n columns).  For those, the leading eigenpairs of the m × m
-    Gram matrix (``scipy.linalg.eigh`` with ``subset_by_index``) are much
+    Gram matrix (:func:`caffe_tucker.compress.linalg.leading_eigh`) are much
     cheaper than an SVD: AlexNet fc6's 4096 × 7560 unfolding takes 10 s
     instead of 62 s here.  The eigenvectors are orthonormal even where
     singular values vanish, so a full-rank decomposition stays exact.  Tall
@@ -67,11 +66,10 @@ def leading_svd(matrix, n_eigenvecs=None, **_kwargs):
     x = np.asarray(matrix, dtype=np.float64)
     m, n = x.shape
     k = min(n_eigenvecs or min(m, n), m, n)
-    if m > n or m <= _DIRECT_SVD_MAX:
+    if m > n or m <= DIRECT_SVD_MAX:
         u, s, vt = np.linalg.svd(x, full_matrices=False)
         return u[:, :k], s[:k], vt[:k]
-    w, u = scipy.linalg.eigh(x @ x.T, subset_by_index=[m - k, m - 1], driver="evr")
-    w, u = w[::-1], u[:, ::-1]
+    w, u = leading_eigh(x @ x.T, k)
     s = np.sqrt(np.clip(w, 0.0, None))
     vt = (u.T @ x) / np.where(s > 0, s, 1.0)[:, None]
     return u, s, vt
