@@ -29,10 +29,15 @@ def add_parser(subparsers):
 
 
 def _net_files(args) -> tuple[Path, Path]:
+    from caffe_tucker.errors import InputFileError
     from caffe_tucker.io.read import weights_for
 
     net = Path(args.prototxt)
     if net.is_dir():
+        if not (net / "deploy.prototxt").is_file():
+            raise InputFileError(f"{net}: a directory without deploy.prototxt, so not a convert "
+                                 "output directory; hint: pass a net definition, or the output "
+                                 "directory of 'convert'")
         weights = Path(args.weights) if args.weights else net / "weights.caffemodel"
         return net / "deploy.prototxt", weights
     return net, weights_for(net, args.weights)
