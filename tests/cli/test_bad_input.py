@@ -160,6 +160,7 @@ CASES = {
                                  "--png", "{cifar}"], "refusing to write over the input"),
         ("--png is a directory", ["bench", "{cifar}", "{weights}", "{cifar}", "{weights}",
                                   "--png", "{dir}"], "is a directory, expected a file path"),
+        ("bad --runtime", ["bench", "{tmp}", "--runtime", "tensorrt"], "invalid choice: 'tensorrt'"),
     ],
     "init": [
         ("missing file", ["init", "{tmp}/missing.prototxt", "-o", "{tmp}/w.caffemodel"],

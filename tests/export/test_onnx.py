@@ -388,3 +388,29 @@ def test_compressed_digits_exports_and_matches_caffe(cli, caffe, tmp_path, metho
     model = load_model(tmp_path / "out" / "deploy.prototxt", tmp_path / "out" / "weights.caffemodel")
     assert (tmp_path / "digits.onnx").read_bytes() == to_onnx(model)
     assert_matches_caffe(caffe, model)
+
+
+def test_bench_in_onnxruntime_times_both_nets_whole(cli, tmp_path):
+    """bench --runtime onnxruntime needs no Caffe: both nets exported and timed in onnxruntime."""
+    digits = tmp_path / "digits.prototxt"
+    shutil.copy(ZOO / "digits" / "deploy.prototxt", digits)
+    shutil.copy(ZOO / "digits" / "digits.caffemodel", digits.with_suffix(".caffemodel"))
+    assert cli("convert", digits, "-o", tmp_path / "out", "--no-plot")[0] == 0
+    code, out, err = cli("bench", tmp_path / "out", "--runtime", "onnxruntime", "--batch", "1,4",
+                         "--iterations", "2", "--repeats", "1", "--threads", "1", "--format", "json")
+    assert code == 0, err
+    import json
+    result = json.loads(out)
+    assert set(result) == {"1", "4"}
+    total, env = result["4"]["total"], result["4"]["environment"]
+    assert total["original_ms"] > 0 and total["compressed_ms"] > 0
+    record = json.loads((tmp_path / "out" / "report.json").read_text())["total"]
+    assert total["theoretical"] == pytest.approx(record["flops_before"] / record["flops_after"])
+    assert (env["runtime"], env["threads"], env["batch"]) == ("onnxruntime", 1, 4)
+    code, out, err = cli("bench", tmp_path / "out", "--runtime", "onnxruntime", "--iterations", "1",
+                         "--repeats", "1")
+    assert code == 0 and out.startswith("batch 1, onnxruntime ") and "speed-up x" in out, err
+    assert not (tmp_path / "out" / "bench.png").exists()
+    code, out, err = cli("bench", tmp_path / "out", "--runtime", "onnxruntime",
+                         "--png", tmp_path / "b.png")
+    assert code == 1 and "no per-layer chart" in err
