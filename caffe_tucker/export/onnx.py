@@ -28,7 +28,6 @@ bytes are deterministic: the same model gives the same file.
 
 from __future__ import annotations
 
-from math import prod
 from typing import Sequence
 
 import numpy as np
