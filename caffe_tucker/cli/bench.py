@@ -23,6 +23,9 @@ def add_parser(subparsers):
                    help="OpenBLAS threads in Caffe while timing (default: Caffe's own; the "
                    "report states the threads in force either way)")
     add_format(p)
+    # --runtime onnxruntime: the nets exported to ONNX and timed whole (caffe_tucker.export)
+    p.add_argument("--runtime", default="caffe", choices=["caffe", "onnxruntime"],
+                   help="time in Caffe (default; per layer) or in onnxruntime (whole net, CPU)")
     p.add_argument("--png", type=non_empty, metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
     add_caffe_runtime(p)
     return p
@@ -61,6 +64,8 @@ def run(args) -> int:
 
     batches = _batch_sizes(args.batch)
     pair = load_pair(args.paths)
+    if args.runtime == "onnxruntime":
+        return _run_onnxruntime(args, pair, batches)
     png = args.png or (Path(args.paths[0]) / "bench.png" if len(args.paths) == 1 else None)
     if png:
         check_output(png, force=True, inputs=args.paths)  # fail before the timing, not after
@@ -79,4 +84,29 @@ def run(args) -> int:
             print(environment_line(r["environment"], r["total"]))
     if png:
         print(f"wrote {png}")
+    return 0
+
+
+# -- bench --runtime onnxruntime ---------------------------------------------------------------
+
+def _run_onnxruntime(args, pair, batches) -> int:
+    """The whole nets timed in onnxruntime (no per-layer rows, no chart)."""
+    from caffe_tucker.export.ort_bench import bench_onnxruntime
+
+    if args.png:
+        raise CaffeTuckerError("--png: bench --runtime onnxruntime times whole nets, there is no "
+                               "per-layer chart; hint: leave out --png")
+    result = bench_onnxruntime(pair, batches, args.iterations, args.repeats, threads=args.threads)
+    if args.format == "json":
+        sys.stdout.write(dumps_json({str(b): r for b, r in result["batches"].items()}))
+        return 0
+    for batch, r in result["batches"].items():
+        t, env = r["total"], r["environment"]
+        threads = env["threads"] or "default"
+        ratio = (f" (FLOPs ratio x{t['theoretical']:.2f}, {t['quotient']:.0%} of it)"
+                 if t["quotient"] is not None else "")
+        print(f"batch {batch}, onnxruntime {env['runtime_version']} CPU, threads {threads}, "
+              f"medians of {args.repeats} alternating runs x {args.iterations} passes: "
+              f"original {t['original_ms']:.3f} ms, compressed {t['compressed_ms']:.3f} ms, "
+              f"speed-up x{t['speedup']:.2f}{ratio}")
     return 0
