@@ -25,7 +25,7 @@ def add_parser(subparsers):
     p.add_argument("--batch", type=int_in(1), default=1, metavar="N", help="batch size (default 1)")
     p.add_argument("--threads", type=int_in(1), metavar="N",
                    help="OpenBLAS threads in Caffe while timing (default: Caffe's own)")
-    p.add_argument("--iterations", type=int_in(1), default=10, help="timed passes per repetition")
+    p.add_argument("--iterations", type=int_in(1), default=20, help="timed passes per repetition (default 20)")
     add_input_shape(p, "shape of a data input the net does not declare (repeatable)")
     add_output(p, "OUT.json", "also write the profile here (it is always cached)")
     add_force(p, "measure every kind again (default: reuse the cached ones) and overwrite -o")
