@@ -149,9 +149,9 @@ def latency_policy(layer, info, shapes, choice, cost) -> PolicyDecision | None:
                 candidates.append(("tucker1", "tucker1", (r1,), t1,
                                    relative_error(spectra, "tucker1", (r1,))))
                 rounded("tucker1", (r1,), t1, "tucker1")
-    # the cheapest compressed candidate; on a tie: VBMF's, then rounded (lower error), then T-1
-    order = {"vbmf": 0, "rounded": 1, "tucker1": 2}
-    best = min(candidates, key=lambda c: (c[3], order[c[0]], -sum(c[2])))
+    # the cheapest compressed candidate; on a tie the lower error (free rounding), then VBMF's
+    order = {"rounded": 0, "vbmf": 1, "tucker1": 2}
+    best = min(candidates, key=lambda c: (c[3], c[4], order[c[0]]))
     if t_orig <= best[3]:
         label, method, ranks, ms, err = "original", choice.method, tuple(choice.ranks), t_orig, 0.0
     else:
