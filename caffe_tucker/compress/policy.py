@@ -11,10 +11,10 @@ error is no higher than VBMF's:
 2. Tucker-1 at the smallest rank whose error is at most VBMF's (for a Tucker-2 layer);
 3. the original layer (error 0), chosen when its predicted time is at most the compressed one's.
 
-The error is the relative reconstruction error ``||W - W_hat|| / ||W||`` as the unfoldings'
-spectra bound it: Tucker-1's is exact (the discarded singular values of the mode-4 unfolding),
-Tucker-2's is the truncated-HOSVD bound (the discarded energy of both unfoldings, summed), which
-HOOI only lowers.  With the fitted linear model (``a + b·channels + c·MACs``, b, c >= 0) a
+The error is the relative reconstruction error ``||W - W_hat|| / ||W||`` from the unfoldings'
+spectra: Tucker-1's is exact (the discarded singular values of the mode-4 unfolding); for
+Tucker-2 it is the *lower* bound that Eckart-Young puts on each unfolding (the larger of the two
+discarded energies, per group), so a Tucker-1 within it is never worse than HOOI's Tucker-2.  With the fitted linear model (``a + b·channels + c·MACs``, b, c >= 0) a
 higher rank never predicts faster, so rounding is taken only where the fit is flat.
 """
 
@@ -91,9 +91,9 @@ def relative_error(spectra: dict, method: str, ranks) -> float:
         return 0.0
     if method == "tucker1":
         err2 = sum(_tail(v, ranks[0]) for v in out)
-    else:
-        err2 = sum(_tail(v, ranks[0]) for v in spectra["input"]) + sum(_tail(v, ranks[1])
-                                                                       for v in out)
+    else:  # the larger discarded energy of the two unfoldings, per group: a lower bound
+        err2 = sum(max(_tail(vi, ranks[0]), _tail(vo, ranks[1]))
+                   for vi, vo in zip(spectra["input"], out))
     return math.sqrt(min(err2 / total, 1.0))
 
 

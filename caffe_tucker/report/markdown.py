@@ -67,7 +67,7 @@ def _policy_lines(record: CompressionRecord) -> list[str]:
     if record.rank_policy == "vbmf" or not rows:
         return []
     lines = [f"Rank policy `{record.rank_policy}` (predicted Caffe CPU ms from the cost profile; "
-             "errors are the spectra's bounds):", "",
+             "errors from the unfoldings' spectra):", "",
              "| Layer | decision | VBMF | ms | error | chosen | ms | error | original ms |",
              "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
