@@ -86,9 +86,8 @@ def run(args) -> int:
             with Progress(repeats, f"profile {len(todo)} kinds") as bar:
                 fresh = measure(rt, todo, batch=args.batch, threads=args.threads,
                                 iterations=args.iterations, repeats=repeats, progress=bar)
-            key = fresh.machine  # the threads actually in force
-            base = cached_profile(key) if not args.force else None
-            profile = (base or CostProfile(key)).merged(fresh)
+            # the threads actually in force; other nets' kinds in the file are kept
+            profile = (cached_profile(fresh.machine) or CostProfile(fresh.machine)).merged(fresh)
         else:
             profile = cached
     path = save_profile(profile, profile_path(profile.machine))

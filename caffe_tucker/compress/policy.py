@@ -14,7 +14,8 @@ error is no higher than VBMF's:
 The error is the relative reconstruction error ``||W - W_hat|| / ||W||`` from the unfoldings'
 spectra: Tucker-1's is exact (the discarded singular values of the mode-4 unfolding); for
 Tucker-2 it is the *lower* bound that Eckart-Young puts on each unfolding (the larger of the two
-discarded energies, per group), so a Tucker-1 within it is never worse than HOOI's Tucker-2.  With the fitted linear model (``a + b·channels + c·MACs``, b, c >= 0) a
+discarded energies, per group), so a Tucker-1 within it is never worse than HOOI's Tucker-2.
+With the fitted linear model (``a + b·channels + c·MACs``, b, c >= 0) a
 higher rank never predicts faster, so rounding is taken only where the fit is flat.
 """
 

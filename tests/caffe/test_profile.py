@@ -166,3 +166,14 @@ def test_a_real_profile_predicts_a_measured_layer_within_a_loose_factor(
     measured = statistics.median(next(l["ms"] for l in r if l["name"] in where) for r in runs)
     assert predicted is not None and measured > 0
     assert measured / 5 < predicted < measured * 5
+
+
+def test_profiling_another_net_keeps_the_kinds_already_cached(tmp_path, monkeypatch):
+    from caffe_tucker.caffe.profile import cached_profile
+
+    monkeypatch.setenv("CAFFE_TUCKER_CACHE", str(tmp_path / "cache"))
+    save_profile(_profile(), profile_path(KEY))
+    other = Kind((1, 1), (1, 1), (0, 0), (1, 1), 1, 8, 8, fixed_in=32)
+    fresh = CostProfile(KEY, {other.key: (other, Fit(0.0, 1e-4, 1e-8, 0.01))})
+    merged = cached_profile(KEY).merged(fresh)
+    assert set(merged.fits) == {CORE.key, other.key}
