@@ -153,12 +153,42 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
         speedup = o_total / c_total
         environment = _environment(runtime, runs_o + runs_c, threads)
         environment.update(batch=batch, iterations=iterations, repeats=repeats)
+        environment["profile"] = _predict(pair, rows, environment)  # issue 13
         out[batch] = {"layers": rows, "total": {
             "original_ms": o_total, "compressed_ms": c_total, "speedup": speedup,
             "theoretical": theoretical, "quotient": speedup / theoretical,
             "ceiling": ceiling, "realized": speedup / ceiling},
             "environment": environment}
     return {"batches": out, "iterations": iterations, "repeats": repeats}
+
+
+# -- issue 13: predicted times from a cached cost profile (caffe/profile.py) ---------------------
+def _predict(pair: NetPair, rows: list[dict], env: dict) -> str | None:
+    """Add ``predicted_ms`` to the rows the cost profile of exactly this machine/runtime can
+    price (None elsewhere); returns the profile's path, or None when there is none."""
+    from caffe_tucker.caffe.profile import (MachineKey, conv_ops, cpu_model, load_profile,
+                                            original_op, profile_path)
+    from caffe_tucker.errors import CaffeTuckerError
+
+    key = MachineKey(env.get("caffe_version"), env.get("blas_corename"), env.get("threads"),
+                     cpu_model(), env["batch"])
+    path = profile_path(key)
+    try:
+        profile = load_profile(path) if path.is_file() else None
+    except CaffeTuckerError:
+        profile = None
+    if profile is None:
+        return None
+    net, shapes = pair.original.net, pair.original.shapes
+    ranks = {r.name: r.ranks for r in pair.record.compressed}
+    for row in rows:
+        layer, info = net.layer(row["name"]), shapes.layers.get(row["name"])
+        if info is None:
+            continue
+        ops = (conv_ops(layer, info, row["method"], ranks[row["name"]]) if row["method"]
+               else original_op(layer, info))
+        row["predicted_ms"] = profile.predict(ops)
+    return str(path)
 
 
 def bench_png(result: dict) -> bytes:

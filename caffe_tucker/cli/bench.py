@@ -57,6 +57,21 @@ def environment_line(env: dict, total: dict) -> str:
             f"{total['realized']:.0%} of it realized")
 
 
+# -- issue 13: the predicted column, from a cached cost profile (caffe/profile.py) ---------------
+def _predicted_column(result: dict) -> list:
+    from caffe_tucker.report.tables import Column
+
+    if result["environment"].get("profile") is None:
+        return []
+    return [Column("predicted ms", "predicted_ms", lambda v: "" if v is None else f"{v:.2f}", ">")]
+
+
+def _profile_line(env: dict) -> str:
+    path = env.get("profile")
+    return (f"predicted: the cost profile {path}" if path else
+            "predicted: no profile for this machine and runtime; run `profile` on the net")
+
+
 def run(args) -> int:
     # caffe.verify imports compress.decompose, hence tensorly and scipy (about 0.4 s): imported
     # on use so that --help and the other subcommands stay quick.
@@ -78,10 +93,11 @@ def run(args) -> int:
         return 0
     for batch, r in result["batches"].items():
         print(f"batch {batch} (Caffe CPU, medians of {args.repeats} alternating runs x {args.iterations} passes)")
-        sys.stdout.write(render(bench_columns(), r["layers"], args.format,
+        sys.stdout.write(render(bench_columns() + _predicted_column(r), r["layers"], args.format,
                                 footer={"name": "whole net", **r["total"]}))
         if args.format != "csv":
             print(environment_line(r["environment"], r["total"]))
+            print(_profile_line(r["environment"]))
     if png:
         print(f"wrote {png}")
     return 0

@@ -25,6 +25,14 @@ def add_parser(subparsers):
     p.add_argument("--val-images", type=int_in(1), default=50000, help="validation set size (default 50,000)")
     p.add_argument("--epochs", type=float_in(0), default=15, help="fine-tuning epochs (default 15)")
     p.add_argument("--no-plot", action="store_true", help="do not draw ranks.png")
+    # -- issue 13: the rank policy (compress/policy.py) and its cost profile (profile)
+    p.add_argument("--rank-policy", default="vbmf", choices=["vbmf", "latency"],
+                   help="vbmf (default): VBMF's ranks as they are; latency: per layer the fastest "
+                   "of rounded ranks, Tucker-1 or the original layer at no higher error, as a "
+                   "cost profile predicts (run 'profile' first)")
+    p.add_argument("--profile", type=non_empty, metavar="FILE",
+                   help="the cost profile for --rank-policy latency (default: the newest cached "
+                   "one of this CPU)")
     return p
 
 
@@ -36,10 +44,11 @@ def run(args) -> int:
     options = convert_options(
         args, train_val=args.train_val, train_source=args.train_source, val_source=args.val_source,
         batch_size=args.batch_size, train_images=args.train_images, val_images=args.val_images,
-        epochs=args.epochs, spectra=not args.no_plot)
+        epochs=args.epochs, spectra=not args.no_plot,
+        rank_policy=args.rank_policy, profile=args.profile)
     proto = Path(args.prototxt)
     out = Path(args.output) if args.output else proto.parent / f"{proto.stem}_tucker"
-    inputs = [proto, args.weights, args.train_val, args.ranks]
+    inputs = [proto, args.weights, args.train_val, args.ranks, args.profile]
     check_out_dir(out, args.force, inputs)  # fail before the work, not after
     result = convert(proto, args.weights, options)
     write_outputs(result, out, force=args.force, plot=not args.no_plot, inputs=inputs)
@@ -54,6 +63,10 @@ def run(args) -> int:
                   f"weights {human(row.weights_before)} -> {human(row.weights_after)}  "
                   f"FLOPs {human(row.flops_before)} -> {human(row.flops_after)}  "
                   f"rel. error {row.rel_error:.3f}")
+        if row.policy:  # issue 13
+            p = row.policy
+            print(f"    latency policy: {p['decision']}; predicted {p['chosen_ms']:.3f} ms "
+                  f"(VBMF's {p['vbmf_ms']:.3f} ms, original {p['original_ms']:.3f} ms)")
     print(f"total: weights {human(t.weights_before)} -> {human(t.weights_after)} "
           f"(x{t.weights_ratio:.2f}), FLOPs {human(t.flops_before)} -> "
           f"{human(t.flops_after)} (x{t.flops_ratio:.2f})")

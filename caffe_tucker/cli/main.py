@@ -24,15 +24,15 @@ import threading
 import traceback
 
 from caffe_tucker import __version__
-from caffe_tucker.cli import (bench, convert, export, fetch, finetune, info, init, pack, quantize,
-                              ranks, reproduce, sparsify, unpack, verify)
+from caffe_tucker.cli import (bench, convert, export, fetch, finetune, info, init, pack, profile,
+                              quantize, ranks, reproduce, sparsify, unpack, verify)
 from caffe_tucker.errors import CaffeTuckerError
 
 PROG = "caffe-tucker"
 
 #: The subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS = (info, convert, ranks, verify, bench, reproduce, init, fetch, finetune, sparsify,
-               quantize, pack, unpack, export)
+               quantize, pack, unpack, export, profile)
 
 #: Exit statuses of runs ended from outside (the README's "Exit statuses" lists them all).
 EXIT_INTERRUPTED = 128 + signal.SIGINT    # 130

@@ -69,6 +69,9 @@ class ConvertOptions:
     spectra: bool = True               # singular values for the report's plot
     method: str | None = None          # every planned layer it applies to (a bare --method)
     blocks: int = 4                    # block terms per layer for automatic btd ranks (--blocks)
+    # -- issue 13: the rank policy (compress/policy.py) and the cost profile it reads
+    rank_policy: str = "vbmf"          # "vbmf": VBMF's choice as is; "latency": cost-model choice
+    profile: str | None = None         # a profile JSON; None: the newest cached of this CPU
 
     def method_options(self) -> dict:
         """The options methods read when they choose their ranks (``Method.auto_ranks``)."""
@@ -211,6 +214,12 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
                                    progress=bar if progress else None, spectra=options.spectra,
                                    method_options=options.method_options(),
                                    vbmf_solver=options.vbmf_solver)
+            # -- issue 13: the rank policy, part of the rank-selection stage
+            decisions = {}
+            if options.rank_policy != "vbmf":
+                from caffe_tucker.compress.policy import apply_rank_policy
+                choices, decisions = apply_rank_policy(net, shapes, choices, options.rank_policy,
+                                                       options.profile)
         timings["ranks"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -247,7 +256,7 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
     solver = build_solver(batch, options.train_images, options.val_images, options.epochs,
                           val_batch_size=val_batch)
     record = _build_record(model, preset, choices, decompositions, compressed, compressed_shapes,
-                           options)
+                           options, decisions)
     timings["rewrite"] = time.perf_counter() - t0
     return ConvertResult(original=model, compressed=compressed,
                          compressed_shapes=compressed_shapes, preset=preset, choices=choices,
@@ -256,7 +265,8 @@ def convert(prototxt, weights=None, options: ConvertOptions = ConvertOptions(),
 
 
 def _build_record(model: Model, preset: str, choices, decompositions, compressed: Net,
-                  compressed_shapes: ShapeInfo, options: ConvertOptions) -> CompressionRecord:
+                  compressed_shapes: ShapeInfo, options: ConvertOptions,
+                  decisions=None) -> CompressionRecord:
     before = analyze(model.net, model.shapes)
     after = analyze(compressed, compressed_shapes)
     rows = []
@@ -267,6 +277,8 @@ def _build_record(model: Model, preset: str, choices, decompositions, compressed
                       rank_source=c.source, in_channels=b.in_channels,
                       out_channels=b.out_channels, kernel=b.kernel, group=b.group,
                       weights_before=b.weights, flops_before=b.flops)
+        if decisions and name in decisions:  # issue 13
+            common["policy"] = decisions[name].to_json()
         if c.skipped_reason is None:
             d = decompositions[name]
             rows_after = [after.row(n) for n in get_method(d.method).new_layer_names(name)]
@@ -286,7 +298,7 @@ def _build_record(model: Model, preset: str, choices, decompositions, compressed
                              vbmf_solver=options.vbmf_solver if rank_method == "vbmf" else None,
                              layers=tuple(rows),
                              total=Totals.of(before, after), source_prototxt=model.prototxt,
-                             source_weights=model.weights)
+                             source_weights=model.weights, rank_policy=options.rank_policy)
 
 
 def _deploy_note(result: ConvertResult) -> str:

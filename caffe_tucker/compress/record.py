@@ -28,7 +28,7 @@ __all__ = ["LayerRecord", "Totals", "CompressionRecord", "record_from_nets", "RE
 
 #: Version of the ``report.json`` layout; bumped on any incompatible change.  (Keys added
 #: since, which older readers ignore and :meth:`CompressionRecord.from_json` defaults:
-#: ``vbmf_solver``.)
+#: ``vbmf_solver``, ``rank_policy`` and a layer's ``policy``.)
 RECORD_VERSION = 1
 _FORMAT = "caffe_tucker compression record"
 
@@ -60,6 +60,9 @@ class LayerRecord:
     flops_parts: tuple[int, ...] = ()
     rel_error: float | None = None
     skipped_reason: str | None = None
+    # -- issue 13: the latency rank policy's decision and predicted times (compress/policy.py);
+    # None under the default policy, and then absent from report.json.
+    policy: dict | None = None
 
     @property
     def compressed(self) -> bool:
@@ -69,6 +72,12 @@ class LayerRecord:
     weights_ratio = property(lambda self: _ratio(self.weights_before, self.weights_after))
 
     def to_json(self) -> dict:
+        d = self._to_json()
+        if self.policy is not None:  # issue 13
+            d["policy"] = self.policy
+        return d
+
+    def _to_json(self) -> dict:
         return {"name": self.name, "method": self.method, "ranks": list(self.ranks),
                 "group_ranks": [list(r) for r in self.group_ranks],
                 "full_ranks": list(self.full_ranks), "rank_source": self.rank_source,
@@ -93,7 +102,7 @@ class LayerRecord:
                    weights_after=d["weights_after"], flops_after=d["flops_after"],
                    new_layers=tuple(d["new_layers"]), weights_parts=tuple(d["weights_parts"]),
                    flops_parts=tuple(d["flops_parts"]), rel_error=d["rel_error"],
-                   skipped_reason=d["skipped_reason"])
+                   skipped_reason=d["skipped_reason"], policy=d.get("policy"))
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ class CompressionRecord:
     source_prototxt: Path | None = None
     source_weights: Path | None = None
     vbmf_solver: str | None = None
+    rank_policy: str = "vbmf"  # issue 13: "latency" is recorded; "vbmf" is left out of the JSON
 
     @property
     def compressed(self) -> tuple[LayerRecord, ...]:
@@ -169,12 +179,15 @@ class CompressionRecord:
                 return str(p)
             return Path(os.path.relpath(Path(p).resolve(), Path(out_dir).resolve())).as_posix()
 
-        return {"format": _FORMAT, "version": RECORD_VERSION, "model": self.model,
-                "source": {"prototxt": path(self.source_prototxt),
-                           "weights": path(self.source_weights)},
-                "preset": self.preset, "rank_method": self.rank_method, "weaken": self.weaken,
-                "vbmf_solver": self.vbmf_solver,
-                "layers": [l.to_json() for l in self.layers], "total": self.total.to_json()}
+        d = {"format": _FORMAT, "version": RECORD_VERSION, "model": self.model,
+             "source": {"prototxt": path(self.source_prototxt),
+                        "weights": path(self.source_weights)},
+             "preset": self.preset, "rank_method": self.rank_method, "weaken": self.weaken,
+             "vbmf_solver": self.vbmf_solver}
+        if self.rank_policy != "vbmf":  # issue 13
+            d["rank_policy"] = self.rank_policy
+        d.update(layers=[l.to_json() for l in self.layers], total=self.total.to_json())
+        return d
 
     @classmethod
     def from_json(cls, data: dict, out_dir=None) -> "CompressionRecord":
@@ -196,7 +209,8 @@ class CompressionRecord:
                    vbmf_solver=solver,
                    layers=tuple(LayerRecord.from_json(l) for l in data["layers"]),
                    total=Totals(**data["total"]), source_prototxt=path(src.get("prototxt")),
-                   source_weights=path(src.get("weights")))
+                   source_weights=path(src.get("weights")),
+                   rank_policy=data.get("rank_policy", "vbmf"))
 
 
 def read_record(out_dir) -> CompressionRecord:

@@ -57,4 +57,24 @@ def convert_markdown(record: CompressionRecord) -> str:
               f"(+{human(t.bias_flops_after)}) |",
               f"| (imp.) | {_ratio(t.weights_before, t.weights_after)} | "
               f"{_ratio(t.flops_before, t.flops_after)} |", ""]
+    lines += _policy_lines(record)  # issue 13
     return "\n".join(lines)
+
+
+def _policy_lines(record: CompressionRecord) -> list[str]:
+    """The latency rank policy's decisions (predicted Caffe ms); nothing under ``vbmf``."""
+    rows = [r for r in record.layers if r.policy]
+    if record.rank_policy == "vbmf" or not rows:
+        return []
+    lines = [f"Rank policy `{record.rank_policy}` (predicted Caffe CPU ms from the cost profile; "
+             "errors from the unfoldings' spectra):", "",
+             "| Layer | decision | VBMF | ms | error | chosen | ms | error | original ms |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        p = r.policy
+        vbmf = f"{p['vbmf_method']} {p['vbmf_ranks']}"
+        chosen = "original" if p["decision"] == "original" else f"{p['method']} {p['ranks']}"
+        lines.append(f"| {r.name} | {p['decision']} | {vbmf} | {p['vbmf_ms']:.3f} | "
+                     f"{p['vbmf_error']:.4f} | {chosen} | {p['chosen_ms']:.3f} | "
+                     f"{p['chosen_error']:.4f} | {p['original_ms']:.3f} |")
+    return lines + [""]

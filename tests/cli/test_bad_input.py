@@ -318,6 +318,27 @@ CASES = {
     ],
 }
 
+# -- issue 13: profile, and convert's --rank-policy / --profile -----------------------------------
+CASES["profile"] = [
+    ("missing net", ["profile", "{tmp}/missing.prototxt"], "no such prototxt"),
+    ("bad --batch", ["profile", "{cifar}", "--batch", "0"], "must be an integer >= 1, got 0"),
+    ("bad --threads", ["profile", "{cifar}", "--threads", "x"], "must be an integer >= 1, got 'x'"),
+    ("unknown --preset", ["profile", "{cifar}", "--preset", "nope"], "must be one of"),
+    ("-o under a regular file", ["profile", "{cifar}", "-o", "{file}/p.json"],
+     "cannot write the output"),
+    ("existing -o without --force", ["profile", "{cifar}", "-o", "{existing_model}"], "--force"),
+]
+CASES["convert"] += [
+    ("unknown --rank-policy", ["convert", "{cifar}", "--rank-policy", "fastest"],
+     "invalid choice: 'fastest'"),
+    ("latency without a profile", ["convert", "{cifar}", "--rank-policy", "latency",
+                                   "-o", "{tmp}/o"], "needs a cost profile"),
+    ("missing --profile", ["convert", "{cifar}", "--rank-policy", "latency", "--profile",
+                           "{tmp}/missing.json", "-o", "{tmp}/o"], "no such cost profile"),
+    ("--profile not a profile", ["convert", "{cifar}", "--rank-policy", "latency", "--profile",
+                                 "{list}", "-o", "{tmp}/o"], "not a caffe_tucker cost profile"),
+]
+
 TABLE = [pytest.param(args, words, id=f"{command}: {what}")
          for command, cases in CASES.items() for what, args, words in cases]
 

@@ -82,7 +82,7 @@ def test_a_flag_or_subcommand_left_out_of_the_synopsis_is_found():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert missing_from(readme.replace(" [--caffe-timeout S]", "")) == [
         "verify --caffe-timeout", "bench --caffe-timeout", "reproduce --caffe-timeout",
-        "sparsify --caffe-timeout", "quantize --caffe-timeout"]
+        "sparsify --caffe-timeout", "quantize --caffe-timeout", "profile --caffe-timeout"]
     # --batch is not mistaken for convert's --batch-size
     assert missing_from(readme.replace(" [--batch 1,8]", "")) == ["bench --batch"]
     assert missing_from(readme.replace(" [--debug]", "")) == ["(program) --debug"]
