@@ -110,3 +110,44 @@ def test_real_models_with_each_method_verify_and_bench(cli, caffe_command, share
     conv2 = next(r for r in json.loads(out)["1"]["layers"] if r["name"] == "conv2")
     assert conv2["method"] == method
     assert len(conv2["parts_ms"]) == get_method(method).n_layers
+
+
+# A fully connected layer over a 3×4 map (AlexNet's fc6 over pool5, in small).
+FC_ON_MAP = """name: "fc_on_map"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 dim: 7 dim: 9 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 10 kernel_size: 3 stride: 2
+                            bias_filler { type: "uniform" min: -1 max: 1 } } }
+layer { name: "fc6" type: "InnerProduct" bottom: "conv1" top: "fc6"
+        inner_product_param { num_output: 24 bias_filler { type: "uniform" min: -1 max: 1 } } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7" inner_product_param { num_output: 6 } }
+layer { name: "prob" type: "Softmax" bottom: "fc7" top: "prob" }
+"""
+
+
+@pytest.mark.parametrize("ranks", [[10, 24], [4, 7]])
+def test_tucker2_fc_layer_runs_as_conv_then_two_inner_products_in_caffe(cli, caffe_command, tmp_path,
+                                                                         ranks):
+    """Issue 13: a Tucker-2 fully connected layer is written 1×1 Convolution → InnerProduct →
+    InnerProduct (batched in Caffe), computes the decomposed kernel (exactly at full ranks) for a
+    batch of 4, and the four-file verify recognises the layout."""
+    proto = write(tmp_path / "fc.prototxt", FC_ON_MAP)
+    write_caffemodel(init_weights(read_prototxt(proto), seed=3), proto.with_suffix(".caffemodel"))
+    f = write(tmp_path / "ranks.json", json.dumps({"fc6": {"method": "tucker2", "ranks": ranks}}))
+    code, _, err = cli("convert", proto, "--ranks", f, "-o", tmp_path / "out", "--no-plot")
+    assert code == 0, err
+    out_net = read_prototxt(tmp_path / "out" / "deploy.prototxt")
+    assert [out_net.layer(f"fc6_tk{i}").type for i in (1, 2, 3)] == [
+        "Convolution", "InnerProduct", "InnerProduct"]
+    assert infer_shapes(out_net).layers["fc6_tk3"].outputs[0] == (4, 24)
+    result = _verify_json(cli, caffe_command, tmp_path / "out")
+    assert result["passed"] and result["compressed_layers"] == ["fc6"]
+    assert result["decomposition"][0]["max_rel"] < 1e-4
+    if ranks == [10, 24]:   # full ranks: the net itself
+        (prob,) = result["approximation"]
+        assert prob["max_rel"] < 1e-4 and prob["top1_agreement"] == 1.0
+    code, out, err = caffe_cli(cli, caffe_command, "verify", proto, proto.with_suffix(".caffemodel"),
+                               tmp_path / "out" / "deploy.prototxt",
+                               tmp_path / "out" / "weights.caffemodel")
+    assert code == 0 and out.strip().splitlines()[-1].startswith("PASSED: "), out + err

@@ -244,6 +244,11 @@ class Method(ABC):
     def ranks_from_layers(self, new_layers: Sequence[Layer], group: int) -> tuple[int, ...]:
         """The ranks that new layers (as written by :meth:`new_layers`) were built with."""
 
+    def new_types_for(self, layer: Layer) -> tuple[str, ...]:
+        """The types of the layers that replace ``layer`` (:attr:`new_types` unless a method
+        lays out some kinds of layer differently)."""
+        return self.new_types
+
     # -- derived, shared by all methods ----------------------------------------------------------
     @property
     def n_layers(self) -> int:
@@ -280,8 +285,10 @@ class Method(ABC):
             last = i == len(names) - 1
             spec = make_spec(name, typ, [bottoms[i]], [tops[i]], base=base,
                              **{field: params, "param": _multipliers(layer, last and bias)})
-            out.append(Layer(spec=spec, blobs=tuple(blobs[i]) if blobs is not None else (),
-                             line=layer.line))
+            mine = tuple(blobs[i]) if blobs is not None else ()
+            if typ == "InnerProduct" and mine:  # Caffe's InnerProduct weights are (N, K)
+                mine = (mine[0].reshape(mine[0].shape[0], -1),) + mine[1:]
+            out.append(Layer(spec=spec, blobs=mine, line=layer.line))
         return out
 
     def cost(self, layer: Layer, info: LayerShapes,
@@ -308,7 +315,7 @@ class Method(ABC):
         write for them are built, and their layer parameters compared.
         """
         if (len(new_layers) != self.n_layers or original.type not in self.applies_to_types
-                or tuple(l.type for l in new_layers) != self.new_types
+                or tuple(l.type for l in new_layers) != self.new_types_for(original)
                 or self.why_not(original, info) is not None):
             return False
         geo = self.geometry(original, info)

@@ -11,9 +11,17 @@ chosen on the mode-3 unfolding (S × D²T), R4 on the mode-4 unfolding (T × D²
 The layer becomes ``L_tk1`` (1×1, S → g·R3, no bias), ``L_tk2`` (D×D,
 g·R3 → g·R4, the original stride/pad/dilation, no bias) and ``L_tk3`` (1×1,
 g·R4 → T, the original bias), all with the original ``group`` g; group k's
-factors occupy the k-th block of channels of each.  A fully connected layer
-reading an (N, C, H, W) map is treated as an H×W convolution over that map:
-its output becomes (N, T, 1, 1), which the layers after it read as (N, T).
+factors occupy the k-th block of channels of each.
+
+A fully connected layer reading an (N, C, H, W) map (AlexNet's fc6 over pool5)
+is decomposed as an H×W convolution over that map, and written as ``L_tk1``
+(1×1 Convolution, C → R3) → ``L_tk2`` (InnerProduct, R3·H·W → R4) → ``L_tk3``
+(InnerProduct, R4 → T, the bias): the same products (the core reshaped to
+(R4, R3·H·W) in Caffe's C-major flattening), the original (N, T) output, and
+batched.  Written as an H×W convolution instead, Caffe runs one GEMM per
+image (its CPU convolution loops over the batch), and measured on AlexNet's
+fc6 the InnerProduct form is 3.8× faster at batch 8 and 5.7× at batch 32
+(issue 13), where the convolution form is slower than the uncompressed layer.
 
 References
 ----------
@@ -87,10 +95,22 @@ class Tucker2(Method):
     def geometry(self, layer, info):
         return geometry_of(layer, info, whole_map=True)
 
+    def new_types_for(self, layer):
+        if layer.type == "InnerProduct":
+            return ("Convolution", "InnerProduct", "InnerProduct")
+        return self.new_types
+
     def new_layer_params(self, layer, geo, ranks, bias):
         r3, r4 = ranks
         g = geo.group
         ones = (1,) * len(geo.kernel)
+        if layer.type == "InnerProduct":  # see the module docstring: batched, the same products
+            return [
+                ("Convolution", "convolution_param", conv_param(r3, ones)),
+                ("InnerProduct", "inner_product_param", {"num_output": int(r4), "bias_term": False}),
+                ("InnerProduct", "inner_product_param",
+                 {"num_output": int(geo.num_output), "bias_term": bool(bias)}),
+            ]
         return [
             ("Convolution", "convolution_param", conv_param(g * r3, ones, group=g)),
             ("Convolution", "convolution_param",
@@ -106,14 +126,20 @@ class Tucker2(Method):
         return ((first.astype(f32),), (middle.astype(f32),), (last.astype(f32),) + tuple(bias))
 
     def factors_from_blobs(self, blobs, group):
+        """The factors per group; an InnerProduct core (R4, R3·H·W) comes back as
+        (R4, R3, H·W, 1), whose reconstruction reshapes to the original (T, C·H·W) weights."""
         first, middle, last = (b[0].astype(np.float64) for b in blobs)
         r3, r4, tg = first.shape[0] // group, middle.shape[0] // group, last.shape[0] // group
+        if middle.ndim == 2:
+            middle = middle.reshape(middle.shape[0], r3, -1, 1)
         return [(one_by_one(first[k * r3:(k + 1) * r3]).T, middle[k * r4:(k + 1) * r4],
                  one_by_one(last[k * tg:(k + 1) * tg])) for k in range(group)]
 
     def ranks_from_layers(self, new_layers, group):
-        return (new_layers[0].spec.convolution_param.num_output // group,
-                new_layers[1].spec.convolution_param.num_output // group)
+        middle = new_layers[1].spec
+        r4 = (middle.inner_product_param.num_output if middle.type == "InnerProduct"
+              else middle.convolution_param.num_output)
+        return (new_layers[0].spec.convolution_param.num_output // group, r4 // group)
 
 
 METHOD = Tucker2()
