@@ -130,6 +130,9 @@ def add_compression(p):
     p.add_argument("--preset", type=non_empty, help="which layers to compress and how: auto or a zoo model's "
                    "(alexnet, vgg_s, googlenet, vgg16, digits); default: the zoo net this is, else auto")
     p.add_argument("--layers", type=names, metavar="L1,L2", help="compress only these layers")
+    p.add_argument("--with-fc", action="store_true",
+                   help="also compress the fully connected layers the preset leaves alone (svd; "
+                   "e.g. VGG-16's fc6-fc8)")
     p.add_argument("--method", action="append", metavar="[LAYER=]METHOD",
                    help="compress LAYER with METHOD whatever the preset says (repeatable); a bare "
                    "METHOD: every planned layer it applies to (methods: tucker2, tucker1, svd, "
@@ -195,6 +198,7 @@ def convert_options(args, **extra):
         preset=args.preset,
         layers=args.layers,
         methods=layer_methods(args.method), method=bare_method(args.method),
+        with_fc=args.with_fc,
         blocks=args.blocks,
         ranks=read_ranks_file(args.ranks) if args.ranks else None,
         ranks_source=args.ranks or "ranks file",

@@ -69,6 +69,7 @@ class ConvertOptions:
     spectra: bool = True               # singular values for the report's plot
     method: str | None = None          # every planned layer it applies to (a bare --method)
     blocks: int = 4                    # block terms per layer for automatic btd ranks (--blocks)
+    with_fc: bool = False              # also the fc layers the preset leaves alone (--with-fc)
     # -- issue 13: the rank policy (compress/policy.py) and the cost profile it reads
     rank_policy: str = "vbmf"          # "vbmf": VBMF's choice as is; "latency": cost-model choice
     profile: str | None = None         # a profile JSON; None: the newest cached of this CPU
@@ -123,7 +124,8 @@ def _prepare(prototxt, weights, options: ConvertOptions):
         options = replace(options, train_val=str(prototxt))
     net, shapes = model.net, model.shapes
     preset = options.preset or detect_preset(net)
-    plan = make_plan(net, shapes, preset, options.layers, options.methods, options.method)
+    plan = make_plan(net, shapes, preset, options.layers, options.methods, options.method,
+                     with_fc=options.with_fc)
     fixed = None
     if options.ranks is not None:
         file_methods, values = split_ranks_entries(options.ranks, options.ranks_source)

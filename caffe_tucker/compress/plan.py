@@ -8,7 +8,8 @@ Presets
 and Tables 2-5; each zoo model's ``compress`` map).  ``auto``, for any other
 net: the first convolution of the net ``tucker1``, every other convolution
 with a kernel larger than 1×1 ``tucker2``, every fully connected layer
-``svd``; 1×1 convolutions and deconvolutions are left alone.
+``svd``; 1×1 convolutions and deconvolutions are left alone.  ``with_fc`` (``--with-fc``) adds
+the fully connected layers a preset leaves alone (VGG-16's, GoogLeNet's), with ``svd``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def detect_preset(net: Net) -> str:
 
 
 def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
-              methods=None, method: str | None = None) -> dict[str, str]:
+              methods=None, method: str | None = None, with_fc: bool = False) -> dict[str, str]:
     """Map layer name -> method for the layers to compress, in net order.
 
     Parameters
@@ -69,6 +70,10 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
     method : str, optional
         A method for every planned layer it applies to (a bare ``--method btd``); the layers it
         does not apply to keep the preset's method, and ``methods`` wins over it.
+    with_fc : bool, default False
+        Also compress the fully connected layers the preset leaves alone, with the ``auto``
+        rule's method (``--with-fc``: VGG-16's fc6-fc8, which the paper keeps, are 23% of its
+        batch-1 time in Caffe and cap the whole net's speed-up, issue 13).
     """
     known = presets()
     check_param("preset", preset, preset in known, f"one of {', '.join(known)}", "convert",
@@ -84,6 +89,9 @@ def make_plan(net: Net, shapes: ShapeInfo, preset: str = "auto", layers=None,
                 f"{net.source}: preset '{preset}' compresses layer '{missing[0]}', which this net does "
                 "not have; hint: use --preset auto for nets other than the paper's")
         plan = {l.name: wanted[l.name] for l in net.layers if l.name in wanted}
+    if with_fc:
+        plan = {l.name: plan.get(l.name) or auto[l.name] for l in net.layers
+                if l.name in plan or (l.name in auto and l.type == "InnerProduct")}
     if layers is not None:
         chosen = {}
         for name in layers:

@@ -177,3 +177,38 @@ def test_rank_selection_cost_formula_agrees_with_the_emitted_layers(tiny, name, 
     rows = [a.row(n) for n in get_method(method).new_layer_names(name)]
     assert weights == tuple(r.weights for r in rows)
     assert flops == tuple(r.flops for r in rows)
+
+
+def test_tucker2_fc_layout_is_conv_then_inner_products(tiny):
+    """Issue 13: fc1 (reading a 12×7×7 map) becomes 1×1 conv → InnerProduct → InnerProduct, with
+    2-D InnerProduct weights and the original (N, 16) output."""
+    net, shapes = tiny
+    d, new, new_shapes = compress(net, shapes, "fc1", "tucker2", [5, 7])
+    layers = [new.layer(n) for n in get_method("tucker2").new_layer_names("fc1")]
+    assert [l.type for l in layers] == ["Convolution", "InnerProduct", "InnerProduct"]
+    c, h, w = shapes.layers["fc1"].inputs[0][1:]
+    assert [tuple(b.shape) for l in layers for b in l.blobs] == [
+        (5, c, 1, 1), (7, 5 * h * w), (16, 7), (16,)]
+    assert new_shapes.blobs["fc1"] == shapes.blobs["fc1"] == (2, 16)
+    assert layers[1].spec.inner_product_param.bias_term is False
+    # the blobs read back give the decomposition's kernel
+    kernel = get_method("tucker2").kernel_from_blobs([l.blobs for l in layers])
+    assert np.allclose(kernel.reshape(16, -1), get_method("tucker2").reconstruct(d.groups[0])
+                       .reshape(16, -1), atol=1e-5)
+
+
+def test_with_fc_adds_the_fc_layers_the_preset_leaves_alone():
+    from caffe_tucker.compress.plan import make_plan
+
+    net = read_prototxt(ZOO / "vgg16" / "deploy.prototxt").for_state("TEST")
+    shapes = infer_shapes(net)
+    plain = make_plan(net, shapes, "vgg16")
+    more = make_plan(net, shapes, "vgg16", with_fc=True)
+    assert not any(n.startswith("fc") for n in plain)
+    assert {k: v for k, v in more.items() if k not in plain} == {
+        "fc6": "svd", "fc7": "svd", "fc8": "svd"}
+    assert list(more) == [l.name for l in net.layers if l.name in more]  # net order
+    alex = read_prototxt(ZOO / "alexnet" / "deploy.prototxt").for_state("TEST")
+    alex_shapes = infer_shapes(alex)
+    assert make_plan(alex, alex_shapes, "alexnet", with_fc=True) == make_plan(alex, alex_shapes,
+                                                                               "alexnet")
