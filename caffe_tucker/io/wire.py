@@ -29,6 +29,7 @@ from caffe_tucker.errors import CaffemodelError
 from caffe_tucker.io.upgrade import V1_TYPE_NAMES
 
 __all__ = ["RawBlob", "RawLayer", "RawWeights", "decode_weights", "encode_varint", "encode_blob",
+           "encode_blob_parts",
            "encode_field"]
 
 # Wire types.
@@ -283,12 +284,19 @@ def encode_field(field: int, payload: bytes) -> list:
     return [encode_varint((field << 3) | _LEN), encode_varint(len(payload)), payload]
 
 
-def encode_blob(array: np.ndarray) -> bytes:
-    """Serialize an array as a ``BlobProto`` with ``shape`` and packed float ``data``."""
+def encode_blob_parts(array: np.ndarray) -> list:
+    """A ``BlobProto`` with ``shape`` and packed float ``data`` as chunks: small headers and a
+    read-only view of the array's own float32 buffer (no copy of the weights when the array is
+    already contiguous little-endian float32, as decoded and decomposed blobs are)."""
     arr = np.ascontiguousarray(array, dtype="<f4")
     dims = b"".join(encode_varint(int(d)) for d in arr.shape)
     shape_msg = b"".join(encode_field(1, dims)) if arr.shape else b""
     parts = encode_field(7, shape_msg)
     if arr.size:
-        parts += encode_field(5, arr.tobytes())
-    return b"".join(parts)
+        parts += encode_field(5, memoryview(arr).cast("B").toreadonly())
+    return parts
+
+
+def encode_blob(array: np.ndarray) -> bytes:
+    """Serialize an array as a ``BlobProto`` with ``shape`` and packed float ``data``."""
+    return b"".join(encode_blob_parts(array))
