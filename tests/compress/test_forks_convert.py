@@ -4,7 +4,7 @@ from google.protobuf import text_format
 
 from caffe_tucker import ConvertOptions, convert, read_prototxt, write_outputs
 from caffe_tucker.io.read import read_net
-from conftest import TEST_MODELS
+from conftest import TEST_MODELS, write
 
 SSD = TEST_MODELS / "ssd_tiny"
 FORK_TYPES = {"Permute", "PriorBox", "Normalize", "DetectionOutput"}
@@ -37,3 +37,25 @@ def test_ssd_tiny_converts_and_keeps_the_fork_layers(tmp_path):
     weights = read_net(out / "deploy.prototxt", out / "weights.caffemodel")
     assert weights.layer("conv3_norm").blobs[0].shape == (32,)
     assert (weights.layer("conv3_norm").blobs[0] == 20).all()
+
+
+UNKNOWN = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 8 dim: 16 dim: 16 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+layer { name: "up" type: "Upsample" bottom: "c2" top: "up" }
+layer { name: "c3" type: "Convolution" bottom: "up" top: "c3" convolution_param { num_output: 16 kernel_size: 3 pad: 1 } }
+"""
+
+
+def test_layers_after_an_unknown_type_pass_through(cli, tmp_path):
+    net = write(tmp_path / "up.prototxt", UNKNOWN)
+    assert cli("init", net, "-o", tmp_path / "up.caffemodel")[0] == 0
+    code, out, err = cli("convert", net, "-o", tmp_path / "out", "--rank-method", "ratio:0.5")
+    assert code == 0, err
+    assert "warning: " in err and "unknown layer type 'Upsample'" in err
+    assert "compressed 2 of 2 planned layers" in out          # c1, c2; c3's shapes are unknown
+    written = read_prototxt(tmp_path / "out" / "deploy.prototxt")
+    assert [l.name for l in written.layers][-2:] == ["up", "c3"]
+    code, out, err = cli("convert", net, "-o", tmp_path / "out2", "--layers", "c3")
+    assert code == 1 and "layer 'c3' cannot be compressed: its shapes are unknown" in err
