@@ -10,7 +10,10 @@ read from a caffemodel against those expected shapes, accepting the legacy
 
 A layer type this module does not know is reported in
 ``ShapeInfo.problems`` (by name and type); its tops, and everything computed
-from them, have unknown shape (``None``) and the walk goes on.
+from them, have unknown shape (``None``) and the walk goes on.  The Caffe-SSD
+fork's Permute, PriorBox and Normalize are inferred; DetectionOutput, whose
+output size depends on the data, is known but gives unknown (``None``) shapes;
+ReLU6 and ShuffleChannel of other forks keep their input's shape.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from caffe_tucker.errors import ShapeError, WeightsMismatchError, where
 from caffe_tucker.graph import Layer, Net
 
 __all__ = ["ConvGeometry", "LayerShapes", "ShapeInfo", "conv_geometry", "infer_shapes",
-           "fit_weights", "parse_input_shapes", "KNOWN_TYPES"]
+           "fit_weights", "parse_input_shapes", "KNOWN_TYPES", "prior_count"]
 
 Shape = tuple  # of ints
 
@@ -510,6 +513,62 @@ def _silence(layer, bottoms, ctx):
     return [], ()
 
 
+# Caffe-SSD fork layers (schema in proto/caffe.proto), as that fork's Reshape computes them.
+
+
+def _permute(layer, bottoms, ctx):
+    x = bottoms[0]
+    order = []
+    for o in layer.spec.permute_param.order:
+        if o >= len(x):
+            ctx.fail(f"permute order {o} is out of range for a {len(x)}-D input")
+        if o in order:
+            ctx.fail(f"permute order {list(layer.spec.permute_param.order)} repeats axis {o}")
+        order.append(int(o))
+    order += [a for a in range(len(x)) if a not in order]  # the fork appends the unnamed axes
+    return [tuple(x[a] for a in order)], ()
+
+
+def prior_count(p) -> int:
+    """Boxes per location of a PriorBox layer: the fork's aspect ratios (1, then each new ratio
+    and, with ``flip``, its inverse) times the min sizes, plus one per max size."""
+    ratios = [1.0]
+    for r in p.aspect_ratio:
+        if any(abs(r - q) < 1e-6 for q in ratios):
+            continue
+        ratios.append(r)
+        if p.flip:
+            ratios.append(1.0 / r)
+    return len(ratios) * len(p.min_size) + len(p.max_size)
+
+
+def _prior_box(layer, bottoms, ctx):
+    p = layer.spec.prior_box_param
+    if len(bottoms) != 2:
+        ctx.fail("PriorBox takes two bottoms (the feature map and the image)")
+    x = bottoms[0]
+    if len(x) != 4:
+        ctx.fail(f"PriorBox needs a 4-D feature map (N, C, H, W), got {list(x)}")
+    if not p.min_size:
+        ctx.fail("prior_box_param needs at least one min_size")
+    if p.max_size and len(p.max_size) != len(p.min_size):
+        ctx.fail(f"{len(p.max_size)} max_size values for {len(p.min_size)} min_size values; "
+                 "hint: give one max_size per min_size, or none")
+    return [(1, 2, x[2] * x[3] * prior_count(p) * 4)], ()
+
+
+def _normalize(layer, bottoms, ctx):
+    x = bottoms[0]
+    # The fork's scale blob: a scalar (no axes) when shared, else one value per channel.
+    scale = () if layer.spec.norm_param.channel_shared else ((x[1] if len(x) > 1 else 1),)
+    return [x], (scale,)
+
+
+def _not_inferable(layer, bottoms, ctx):
+    """Outputs whose size depends on the data (DetectionOutput keeps a varying number of boxes)."""
+    return [None] * len(layer.tops), ()
+
+
 _HANDLERS = {
     "Input": _input, "Data": _data, "ImageData": _image_data, "WindowData": _data,
     "HDF5Data": _data, "MemoryData": _memory_data, "DummyData": _dummy_data,
@@ -519,9 +578,15 @@ _HANDLERS = {
     "BatchNorm": _batchnorm, "Scale": _scale, "Bias": _bias, "PReLU": _prelu,
     "Crop": _crop, "Tile": _tile, "Reduction": _reduction, "Embed": _embed,
     "Accuracy": _accuracy, "ArgMax": _argmax, "Silence": _silence,
+    # Caffe-SSD
+    "Permute": _permute, "PriorBox": _prior_box, "Normalize": _normalize,
+    "DetectionOutput": _not_inferable,
 }
 for _t in ("ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "LRN", "Dropout", "BNLL", "Exp",
-           "Log", "Threshold", "Softmax", "MVN", "Swish", "Clip"):
+           "Log", "Threshold", "Softmax", "MVN", "Swish", "Clip",
+           # other forks' elementwise and channel-order layers: the shape is the input's
+           # whatever their parameters (which the schema does not read; see README)
+           "ReLU6", "ShuffleChannel"):
     _HANDLERS[_t] = _same
 for _t in ("SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
            "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "ContrastiveLoss"):

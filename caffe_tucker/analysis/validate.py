@@ -43,6 +43,9 @@ BLOB_COUNTS = {
     "SigmoidCrossEntropyLoss": ((2, 2), (1, 1)), "HingeLoss": ((2, 2), (1, 1)),
     "InfogainLoss": ((2, 3), (1, 2)), "MultinomialLogisticLoss": ((2, 2), (1, 1)),
     "ContrastiveLoss": ((3, 3), (1, 1)),
+    # Caffe-SSD fork
+    "Permute": _ONE_TO_ONE, "Normalize": _ONE_TO_ONE, "PriorBox": ((2, 2), (1, 1)),
+    "DetectionOutput": ((3, 4), (1, 1)),
 }
 _SAME_COUNT = {"Convolution", "Deconvolution"}
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from caffe_tucker.analysis.subnet import BVLC_LAYER_TYPES, describe_cut, runnable_subnet
 from caffe_tucker.analysis.validate import check_allocation
 from caffe_tucker.compress.methods import get_method
 from caffe_tucker.compress.record import CompressionRecord, read_record, record_from_nets
@@ -220,6 +221,7 @@ class VerifyResult:
     inputs: dict
     weights: Path | None = None
     tuned: bool = False
+    part: str | None = None     # which part of the net ran, when the runtime cannot run it all
 
     def check(self, kind: CheckKind) -> Check:
         return next(c for c in self.checks if c.kind is kind)
@@ -286,7 +288,7 @@ class VerifyResult:
         return {"verdict": self.verdict.value, "passed": self.passed, "tuned": self.tuned,
                 "weights": None if self.weights is None else str(self.weights),
                 "tolerance": DECOMPOSITION_TOLERANCE,
-                "compressed_layers": list(self.compressed_layers),
+                "compressed_layers": list(self.compressed_layers), "part": self.part,
                 "inputs": {k: list(v) for k, v in self.inputs.items()},
                 "checks": {c.kind.value: c.status.value for c in self.checks},
                 "approximation": [c.to_dict() for c in self.approximation],
@@ -430,7 +432,8 @@ def _decomposition(pair: NetPair, runtime, inputs: dict, outputs: list[str], got
         return Check(CheckKind.DECOMPOSITION, Status.NOT_APPLICABLE,
                      reason="fine-tuned weights: fine-tuning changes the factors, so they no "
                      "longer reconstruct the original kernels")
-    recon = runtime.forward(reconstructed_original(pair), None, inputs, blobs=outputs)
+    recon = runtime.forward(_runnable(reconstructed_original(pair), runtime).net, None, inputs,
+                            blobs=outputs)
     comparisons = compare_outputs(recon, got)
     ok = all(c.max_rel <= DECOMPOSITION_TOLERANCE for c in comparisons)
     return Check(CheckKind.DECOMPOSITION, Status.PASSED if ok else Status.FAILED, comparisons)
@@ -462,14 +465,44 @@ def verify(runtime, pair: NetPair, images=None, random: int = 2, seed: int = 0) 
         else:
             n = len(files) if files is not None else random
             inputs[name] = rng.standard_normal((n,) + tuple(shape[1:])).astype(np.float32)
-    outputs = net_outputs(pair.original.net)
-    ref = runtime.forward(pair.original.net, None, inputs, blobs=outputs)
-    got = runtime.forward(pair.compressed.net, None, inputs, blobs=outputs)
+    original, compressed, outputs, part = _runnable_pair(pair, runtime)
+    ref = runtime.forward(original, None, inputs, blobs=outputs)
+    got = runtime.forward(compressed, None, inputs, blobs=outputs)
     approximation = Check(CheckKind.APPROXIMATION, Status.MEASURED, compare_outputs(ref, got))
     return VerifyResult(checks=(approximation, _decomposition(pair, runtime, inputs, outputs, got)),
                         compressed_layers=tuple(r.name for r in pair.record.compressed),
                         inputs={k: v.shape for k, v in inputs.items()},
-                        weights=pair.compressed.weights, tuned=pair.tuned)
+                        weights=pair.compressed.weights, tuned=pair.tuned, part=part)
+
+
+def _runnable(net: Net, runtime):
+    """The part of ``net`` the runtime can run: all of it, unless it holds layers of Caffe forks
+    (:mod:`caffe_tucker.analysis.subnet`); a runtime may name the types it knows
+    (``layer_types``), else BVLC Caffe's are assumed."""
+    return runnable_subnet(net, getattr(runtime, "layer_types", None) or BVLC_LAYER_TYPES)
+
+
+def _runnable_pair(pair: NetPair, runtime):
+    """Both nets cut to the part the runtime can run, the blobs to compare, and the line saying
+    which part that is (None when the whole nets run)."""
+    o, c = _runnable(pair.original.net, runtime), _runnable(pair.compressed.net, runtime)
+    if o.whole and c.whole:
+        return o.net, c.net, net_outputs(o.net), None
+    name = getattr(runtime, "runtime_name", None) or "BVLC Caffe"
+    if not o.outputs:
+        first = o.unknown[0] if o.unknown else (o.dropped[0], "?")
+        raise CaffeTuckerError(f"{pair.original.prototxt}: no part of the net runs in {name}: "
+                               f"layer '{first[0]}' of type {first[1]} comes first; hint: verify "
+                               "needs a runtime that has the net's layers")
+    missing = [b for b in o.outputs if b not in {t for l in c.net.layers for t in l.tops}]
+    if missing:
+        raise CaffeTuckerError(f"{pair.compressed.prototxt}: blob '{missing[0]}', which the "
+                               f"original computes in {name}, is not computed by the compressed "
+                               "net's runnable part; hint: give the original net and its "
+                               "compressed version")
+    part = describe_cut(o, len(pair.original.net.layers), name,
+                        [r.name for r in pair.record.compressed])
+    return o.net, c.net, list(o.outputs), part
 
 
 def net_outputs(net: Net) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from caffe_tucker.cli.args import (add_compression, add_force, add_output, convert_options, float_in,
@@ -51,6 +52,8 @@ def run(args) -> int:
     inputs = [proto, args.weights, args.train_val, args.ranks, args.profile]
     check_out_dir(out, args.force, inputs)  # fail before the work, not after
     result = convert(proto, args.weights, options)
+    for problem in result.original.shapes.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     write_outputs(result, out, force=args.force, plot=not args.no_plot, inputs=inputs)
     record, t = result.record, result.record.total
     print(f"preset {result.preset}; compressed {len(record.compressed)} of "

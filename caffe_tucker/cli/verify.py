@@ -47,6 +47,8 @@ def run(args) -> int:
         tuned = " (fine-tuned)" if result.tuned else ""
         print(f"inputs: {shown}; compressed layers: {', '.join(result.compressed_layers) or 'none'}; "
               f"weights: {result.weights}{tuned}")
+        if result.part:
+            print(result.part)
         sys.stdout.write(render(verify_columns(), result.rows(), args.format))
         print(result.verdict_line())
     return 0 if result.passed else EXIT_FAILED

@@ -111,8 +111,9 @@ def _prepare(prototxt, weights, options: ConvertOptions):
                                "do not go together: the fine-tuning net is your train_val, which "
                                "reads the sources its data layers name; hint: set them there, "
                                "or leave out --train-val to have a train_val built")
-    model = load_model(prototxt, weights, input_shapes=options.input_shapes, deploy=True,
-                       strict=True)
+    # A layer of unknown type (another fork's) passes through: its outputs, and what is computed
+    # from them, have unknown shapes, and only layers of known shapes are planned.
+    model = load_model(prototxt, weights, input_shapes=options.input_shapes, deploy=True)
     if model.from_train_val and options.train_val is None:
         # A train_val (e.g. train_test.prototxt) given as the net: compress its TEST-phase
         # deploy, and rewrite the file itself as the fine-tuning net.

@@ -34,7 +34,11 @@ def presets() -> tuple[str, ...]:
 
 def decomposable(net: Net, shapes: ShapeInfo, name: str, method: str) -> str | None:
     """Why ``method`` cannot be applied to layer ``name`` (None if it can)."""
-    return get_method(method).why_not(net.layer(name), shapes.layers[name])
+    info = shapes.layers[name]
+    if any(s is None for s in info.inputs + info.outputs):
+        return ("its shapes are unknown (it follows a layer whose shapes are not inferred, "
+                "see the warning)")
+    return get_method(method).why_not(net.layer(name), info)
 
 
 def detect_preset(net: Net) -> str:

@@ -117,6 +117,8 @@ def _fillers_for(layer, n_params: int) -> list[FillerParameter]:
         out = [given(spec.prelu_param, "filler", _const(0.25))]
     elif t == "BatchNorm":
         out = [_const(0.0), _const(1.0), _const(1.0)]
+    elif t == "Normalize":  # Caffe-SSD: scale_filler, else a constant 1
+        out = [given(spec.norm_param, "scale_filler", _const(1.0))]
     else:
         out = [xavier] * n_params
     return out[:n_params]

@@ -96,9 +96,9 @@ def _parse_error(exc: text_format.ParseError, path) -> PrototxtError:
         owner = _MSG_RE.search(msg)
         owner_name = owner.group(1) if owner else "the message"
         return PrototxtError(
-            f"{loc}: unknown field '{field.group(1)}' in {owner_name}; hint: BVLC Caffe 1.0 has no "
-            "such field, so this file probably comes from a Caffe fork (its custom layers must be "
-            "removed or replaced by standard ones)")
+            f"{loc}: unknown field '{field.group(1)}' in {owner_name}; hint: neither BVLC Caffe 1.0 "
+            "nor the Caffe-SSD fork has such a field, so this file probably comes from another "
+            "Caffe fork (its custom layers must be removed or replaced by standard ones)")
     enum = _ENUM_RE.search(msg)
     if enum:
         return PrototxtError(
