@@ -168,13 +168,14 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
             mats = method.unfoldings(kernel.astype(np.float64, copy=False))
             chosen = []
             for mode, matrix in mats.items():
-                result = (evbmf(matrix, weaken=weaken, solver=vbmf_solver) if how == "vbmf"
-                          else None)
+                # a fixed layer needs only the spectrum (for the report), not VBMF's rank
+                result = (evbmf(matrix, weaken=weaken, solver=vbmf_solver)
+                          if how == "vbmf" and name not in fixed else None)
                 values = result.singular_values if result is not None else \
                     singular_values(matrix)
                 found.setdefault(mode, []).append(values)
                 chosen.append(result.rank if result is not None else
-                              _rank_of(values, how, arg))
+                              0 if name in fixed else _rank_of(values, how, arg))
             per_group.append(tuple(chosen))
         full = method.full_ranks(layer, info)
         options = method_options or {}
@@ -184,7 +185,8 @@ def select_ranks(net: Net, shapes: ShapeInfo, plan: dict, rank_method: str = "vb
             found_ranks = tuple(max(r[i] for r in per_group) for i in range(len(per_group[0])))
             ranks = method.auto_ranks(found_ranks, layer, info, options)
             source = rank_method
-        per_group = [method.auto_ranks(r, layer, info, options) for r in per_group]
+        per_group = ([tuple(ranks)] * len(groups) if source == "file" else
+                     [method.auto_ranks(r, layer, info, options) for r in per_group])
         reason = None
         if min(ranks) == 0:
             reason = ("VBMF found no component above the estimated noise (rank 0); the layer is "
