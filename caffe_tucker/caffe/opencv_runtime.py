@@ -123,7 +123,7 @@ class OpenCVRuntime:
                              f"None. Got {threads!r} instead.")
         self.threads = threads
         self._cv2 = None
-        self._loaded: tuple | None = None   # (key, fused, cv2 net, structure)
+        self._loaded: tuple | None = None   # (key, fused, cv2 net, structure, layer names)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "OpenCVRuntime":
@@ -191,8 +191,21 @@ class OpenCVRuntime:
             net.enableFusion(False)
             if hasattr(net, "enableWinograd"):  # OpenCV >= 4.7
                 net.enableWinograd(False)
-        self._loaded = (key, fused, net, structure)
+        self._loaded = (key, fused, net, structure, self._layer_names(net, structure))
         return net, structure
+
+    @staticmethod
+    def _layer_names(net, structure: Net) -> dict[str, str]:
+        """Caffe layer name -> OpenCV's.  The importer makes one layer per Caffe layer but may
+        rename it (a layer whose top is named like another layer takes that name: the last
+        Tucker factor ``conv1_tk2`` writing ``conv1`` becomes ``conv1``), so layers are matched
+        by position when the counts agree, else by name."""
+        cv_names = list(net.getLayerNames())
+        caffe = [layer.name for layer in structure.layers if layer.type != "Input"]
+        if len(cv_names) == len(caffe):
+            return dict(zip(caffe, cv_names))
+        known = set(cv_names)
+        return {name: name for name in caffe if name in known}
 
     def _error(self, doing: str, exc) -> CaffeRuntimeError:
         lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
@@ -204,17 +217,18 @@ class OpenCVRuntime:
         if threads is not None:
             self.cv2.setNumThreads(int(threads))
 
-    @staticmethod
-    def _writers(structure: Net) -> dict[str, str]:
+    def _writers(self, structure: Net) -> dict[str, str]:
         """Caffe blob name -> the OpenCV output that holds it after the pass: the last layer
         writing it (``layer`` for its first top, ``layer.i`` for its i-th)."""
+        names = self._loaded[4]
         writers = {}
         for layer in structure.layers:
             for i, top in enumerate(layer.tops):
                 if layer.type == "Input":
                     writers[top] = None  # an input: given, not computed
                 else:
-                    writers[top] = layer.name if i == 0 else f"{layer.name}.{i}"
+                    name = names.get(layer.name, layer.name)
+                    writers[top] = name if i == 0 else f"{name}.{i}"
         return writers
 
     # -- requests -------------------------------------------------------------------------------
@@ -297,10 +311,11 @@ class OpenCVRuntime:
         except cv2.error as exc:
             raise self._error("forward failed", exc) from None
         rows = []
+        names = self._loaded[4]
         for layer in structure.layers:
             if layer.type == "Input":
                 continue
-            times = per_layer.get(layer.name)
+            times = per_layer.get(names.get(layer.name))
             rows.append({"name": layer.name, "type": layer.type,
                          "ms": statistics.median(times) if times else 0.0})
         in_force = cv2.getNumThreads()

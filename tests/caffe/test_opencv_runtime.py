@@ -77,6 +77,23 @@ def test_forward_reads_caffe_blobs_in_place_layers_included(digits):
     np.testing.assert_array_equal(default["prob"], got["prob"])
 
 
+def test_renamed_layers_are_matched_by_position(converted):
+    """OpenCV's importer renames conv1_tk2 (top conv1) to conv1: blobs and layer times must
+    still be Caffe's."""
+    model = load_model(converted / "deploy.prototxt", converted / "weights.caffemodel")
+    blobs = ["conv1_tk1", "conv1", "conv2_tk2", "conv2", "fc1_tk1", "prob"]
+    with OpenCVRuntime() as cv:
+        got = cv.forward(model.net, None, _inputs(), blobs=blobs)
+        t = cv.time(model.net, batch=4, iterations=3, warmup=1)
+    ref = FakeRuntime().forward(model.net, None, _inputs(), blobs=blobs)
+    for name in blobs:
+        assert _rel(got[name], ref[name]) < 1e-5, name
+    assert got["conv1"].min() == 0.0 and got["conv1_tk1"].min() < 0
+    rows = {r["name"]: r for r in t["layers"]}
+    assert list(rows) == [l.name for l in model.net.layers if l.type != "Input"]
+    assert all(r["ms"] > 0 for r in rows.values() if r["type"] in ("Convolution", "InnerProduct"))
+
+
 def test_forward_refuses_an_unknown_blob_in_one_line(digits):
     from caffe_tucker.caffe.pycaffe import CaffeRuntimeError
 
