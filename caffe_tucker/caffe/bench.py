@@ -76,17 +76,21 @@ def speedup_ceiling(original_total_ms: float, compressed: Iterable[tuple[float, 
 
 def _environment(runtime, runs: list[dict], threads: int | None) -> dict:
     """What the timings ran on: Caffe's version and the BLAS of the time responses."""
-    version = None
+    info = {}
     hello = getattr(runtime, "hello", None)
     if hello is not None:
-        version = hello().get("caffe_version")
+        info = hello()
+    version = info.get("caffe_version")
     blas = [r.get("blas") or {} for r in runs]
     in_force = {b.get("threads") for b in blas}
     last = blas[-1] if blas else {}
     return {"caffe_version": version, "blas_library": last.get("library"),
             "blas_corename": last.get("corename"), "blas_config": last.get("config"),
             "threads": in_force.pop() if len(in_force) == 1 else None,
-            "threads_requested": threads}
+            "threads_requested": threads,
+            # the engine (caffe.runtimes): OpenCV's hello names itself, Caffe's does not
+            "runtime": info.get("runtime", "caffe"),
+            "runtime_version": info.get("version", version)}
 
 
 def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: int = 3,
@@ -206,7 +210,9 @@ def bench_png(result: dict) -> bytes:
         t = result["batches"][batch]["total"]
         ax.set_title(f"batch {batch}: whole net {t['original_ms']:.1f} ms -> {t['compressed_ms']:.1f} ms "
                      f"(x{t['speedup']:.2f}; FLOPs x{t['theoretical']:.2f})", fontsize=9)
-        ax.set_ylabel("ms (Caffe CPU)")
+        env = result["batches"][batch].get("environment") or {}
+        engine = "OpenCV" if env.get("runtime") == "opencv" else "Caffe"
+        ax.set_ylabel(f"ms ({engine} CPU)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return png_bytes(fig)

@@ -11,7 +11,9 @@ subcommand are parameters.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import sys
 
 from caffe_tucker.analysis.shapes import parse_input_shapes
 from caffe_tucker.caffe.pycaffe import CaffeRuntime
@@ -157,8 +159,15 @@ def add_compared_nets(p, help="a convert output directory, or "
     p.add_argument("paths", nargs="+", type=non_empty, metavar="PATH", help=help)
 
 
-def add_caffe_runtime(p):
-    """How to run pycaffe: ``--caffe-python``, ``--caffe-timeout`` (see :func:`caffe_runtime`)."""
+def add_caffe_runtime(p, runtimes=None, help=None):
+    """How to run pycaffe: ``--caffe-python``, ``--caffe-timeout`` (see :func:`caffe_runtime`);
+    with ``runtimes`` (``verify``, ``bench``) also ``--runtime``, which engine runs the nets (see
+    :func:`net_runtime`).  Fine-tuning subcommands take no ``--runtime``: only Caffe trains."""
+    if runtimes:
+        p.add_argument("--runtime", default="auto", choices=list(runtimes),
+                       help=help or "which engine runs the nets: auto (default: Caffe when "
+                       "--caffe-python or $CAFFE_TUCKER_PYTHON names one, else OpenCV), caffe, "
+                       "or opencv (OpenCV's DNN module, from pip; no fine-tuning)")
     p.add_argument("--caffe-python", metavar="CMD",
                    help="command that runs pycaffe's Python, e.g. 'chroot /opt/caffe-root python3' "
                    "(default: $CAFFE_TUCKER_PYTHON)")
@@ -229,6 +238,22 @@ def bare_method(values) -> str | None:
     return bare[0] if bare else None
 
 
-def caffe_runtime(args) -> CaffeRuntime:
-    """The pycaffe runtime :func:`add_caffe_runtime`'s flags ask for (a context manager)."""
+def caffe_runtime(args):
+    """The runtime :func:`add_caffe_runtime`'s flags ask for (a context manager): pycaffe, or
+    for a subcommand with ``--runtime`` (verify, bench) the one it names (:func:`net_runtime`)."""
+    if getattr(args, "runtime", None) is not None:
+        return net_runtime(args)
     return CaffeRuntime(args.caffe_python, timeout=args.caffe_timeout)
+
+
+@contextlib.contextmanager
+def net_runtime(args):
+    """The runtime ``--runtime`` names, started (:func:`caffe_tucker.caffe.runtimes.choose_runtime`);
+    an automatic choice is stated on stderr (``runtime: opencv 4.10.0 (no Caffe configured)``)."""
+    from caffe_tucker.caffe.runtimes import choose_runtime, describe_runtime
+
+    runtime, why = choose_runtime(args.runtime, args.caffe_python, args.caffe_timeout)
+    with runtime as rt:
+        if why is not None:
+            print(f"runtime: {describe_runtime(rt)} ({why})", file=sys.stderr, flush=True)
+        yield rt

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from caffe_tucker.caffe.bench import bench, bench_png
+from caffe_tucker.caffe.runtimes import RUNTIMES
 from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, caffe_runtime,
                                    int_in, non_empty)
 from caffe_tucker.errors import CaffeTuckerError, check_param
@@ -20,14 +21,17 @@ def add_parser(subparsers):
     p.add_argument("--iterations", type=int_in(1), default=20, help="timed passes per repetition")
     p.add_argument("--repeats", type=int_in(1), default=3, help="alternating repetitions (medians)")
     p.add_argument("--threads", type=int_in(1), metavar="N",
-                   help="OpenBLAS threads in Caffe while timing (default: Caffe's own; the "
-                   "report states the threads in force either way)")
+                   help="threads while timing: OpenBLAS's in Caffe, OpenCV's own with --runtime "
+                   "opencv (default: the runtime's own; the report states the threads in force "
+                   "either way)")
     add_format(p)
-    # --runtime onnxruntime: the nets exported to ONNX and timed whole (caffe_tucker.export)
-    p.add_argument("--runtime", default="caffe", choices=["caffe", "onnxruntime"],
-                   help="time in Caffe (default; per layer) or in onnxruntime (whole net, CPU)")
     p.add_argument("--png", type=non_empty, metavar="FILE", help="bar chart per layer (default: bench.png in the output dir)")
-    add_caffe_runtime(p)
+    # --runtime: caffe and opencv time per layer (caffe.runtimes); onnxruntime times ONNX exports
+    # whole (caffe_tucker.export)
+    add_caffe_runtime(p, RUNTIMES + ("onnxruntime",),
+                      help="which engine times the nets: auto (default: Caffe when --caffe-python "
+                      "or $CAFFE_TUCKER_PYTHON names one, else OpenCV), caffe or opencv (per "
+                      "layer), or onnxruntime (whole net, CPU)")
     return p
 
 
@@ -49,9 +53,12 @@ def environment_line(env: dict, total: dict) -> str:
 
     blas = ("BLAS unknown" if env.get("blas_library") is None else
             f"OpenBLAS {env['blas_library']} (core {known(env.get('blas_corename'))})")
+    engine = f"Caffe {known(env.get('caffe_version'))}, {blas}"
+    if env.get("runtime") == "opencv":  # --runtime opencv: OpenCV's DNN module, its own kernels
+        engine = f"OpenCV {known(env.get('runtime_version'))}"
     threads = known(env.get("threads"))
     asked = env.get("threads_requested")
-    return (f"Caffe {known(env.get('caffe_version'))}, {blas}, {threads} thread(s)"
+    return (f"{engine}, {threads} thread(s)"
             f"{'' if asked is None else f' (--threads {asked})'}, batch {env['batch']}; "
             f"ceiling x{total['ceiling']:.2f} if every compressed layer reached its FLOPs ratio, "
             f"{total['realized']:.0%} of it realized")
@@ -92,7 +99,8 @@ def run(args) -> int:
         sys.stdout.write(dumps_json({str(b): r for b, r in result["batches"].items()}))
         return 0
     for batch, r in result["batches"].items():
-        print(f"batch {batch} (Caffe CPU, medians of {args.repeats} alternating runs x {args.iterations} passes)")
+        engine = "OpenCV" if r["environment"].get("runtime") == "opencv" else "Caffe"
+        print(f"batch {batch} ({engine} CPU, medians of {args.repeats} alternating runs x {args.iterations} passes)")
         sys.stdout.write(render(bench_columns() + _predicted_column(r), r["layers"], args.format,
                                 footer={"name": "whole net", **r["total"]}))
         if args.format != "csv":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from caffe_tucker.caffe.runtimes import RUNTIMES
 from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, add_seed,
                                    caffe_runtime, int_in)
 from caffe_tucker.report.tables import dumps_json, render, verify_columns
@@ -17,7 +18,7 @@ EXIT_FAILED = 2
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("verify", help="check a compressed net against the original in real Caffe")
+    p = subparsers.add_parser("verify", help="check a compressed net against the original in real Caffe (or OpenCV)")
     add_compared_nets(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--images", metavar="DIR", help="feed these images (preprocessed like the zoo model)")
@@ -28,7 +29,7 @@ def add_parser(subparsers):
                    "check (fine-tuning changes the factors)")
     add_seed(p)
     add_format(p)
-    add_caffe_runtime(p)
+    add_caffe_runtime(p, RUNTIMES)
     return p
 
 
@@ -40,8 +41,12 @@ def run(args) -> int:
     pair = load_pair(args.paths, tuned=args.tuned)
     with caffe_runtime(args) as rt:
         result = verify(rt, pair, images=args.images, random=args.random, seed=args.seed)
+        runtime = rt.hello() if hasattr(rt, "hello") else {}
     if args.format == "json":
-        sys.stdout.write(dumps_json(result.to_dict()))
+        data = result.to_dict()
+        data["runtime"] = {"name": runtime.get("runtime", "caffe"),
+                           "version": runtime.get("version", runtime.get("caffe_version"))}
+        sys.stdout.write(dumps_json(data))
     else:
         shown = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items())
         tuned = " (fine-tuned)" if result.tuned else ""

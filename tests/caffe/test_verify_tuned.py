@@ -172,6 +172,10 @@ def _bad_verify_inputs(tmp_path, converted, cifar):
     truncated = (_images(tmp_path, "src") / "0.png").read_bytes()[:60]
     return [
         ("missing dir", ["verify", tmp_path / "nope"], "no such directory"),
+        ("unknown runtime", ["verify", converted, "--runtime", "tensorrt"],
+         "invalid choice: 'tensorrt'"),
+        ("onnxruntime only times", ["verify", converted, "--runtime", "onnxruntime"],
+         "invalid choice: 'onnxruntime'"),
         ("not a convert dir", ["verify", empty], "not a convert output directory"),
         ("a file for the dir", ["verify", cifar], "not a convert output directory (it is a file)"),
         ("images: no folder", ["verify", converted, "--images", tmp_path / "nope"],

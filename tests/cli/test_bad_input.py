@@ -161,6 +161,8 @@ CASES = {
         ("--png is a directory", ["bench", "{cifar}", "{weights}", "{cifar}", "{weights}",
                                   "--png", "{dir}"], "is a directory, expected a file path"),
         ("bad --runtime", ["bench", "{tmp}", "--runtime", "tensorrt"], "invalid choice: 'tensorrt'"),
+        ("bad --runtime: caffe's name for it", ["bench", "{tmp}", "--runtime", "cv2"],
+         "invalid choice: 'cv2' (choose from"),
     ],
     "init": [
         ("missing file", ["init", "{tmp}/missing.prototxt", "-o", "{tmp}/w.caffemodel"],
@@ -217,6 +219,10 @@ CASES = {
                            "--spatial", "1"], "argument --spatial: must be a number in [0, 1), got 1"),
         ("tile 3", ["sparsify", "{cifar}", "--train-data", "{npz}", "--test-data", "{npz}",
                     "--tile", "3"], "invalid choice: 3"),
+        ("--runtime opencv: only Caffe fine-tunes", ["sparsify", "{cifar}", "--train-data",
+                                                     "{npz}", "--test-data", "{npz}",
+                                                     "--runtime", "opencv"],
+         "unrecognized arguments: --runtime opencv"),
     ],
     "quantize": [
         ("missing net", ["quantize", "{tmp}/missing.prototxt", "--weights", "{weights}",
