@@ -21,7 +21,8 @@ DOCKER = ROOT / "docker"
 
 def listed_packages() -> list[str]:
     """docker/packages.txt as both files read it: '#' starts a comment, one package a line."""
-    lines = (line.split("#", 1)[0].strip() for line in (DOCKER / "packages.txt").read_text().splitlines())
+    text = (DOCKER / "packages.txt").read_text()
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return [line for line in lines if line]
 
 
@@ -49,7 +50,8 @@ def test_package_list_is_plain_debian_names():
 
 
 def test_dockerfile_base_is_bullseye():
-    froms = [args for word, args in dockerfile_instructions(DOCKER / "Dockerfile") if word == "FROM"]
+    instructions = dockerfile_instructions(DOCKER / "Dockerfile")
+    froms = [args for word, args in instructions if word == "FROM"]
     assert len(froms) == 1, froms
     image = froms[0].split()[0]
     assert image.endswith("-bullseye"), f"{image}: Caffe is packaged only in Debian bullseye"
@@ -81,8 +83,8 @@ def test_rootfs_script_reads_packages_txt_for_bullseye():
     assert '--include="$PACKAGES"' in script
     # Its own parsing of the list (the PACKAGES= line), run on the real file.
     line = next(l for l in script.splitlines() if l.startswith('PACKAGES="$('))
-    command = line[len('PACKAGES="$('):-len(')"')].replace('"$PACKAGES_FILE"',
-                                                           shlex.quote(str(DOCKER / "packages.txt")))
+    listing = shlex.quote(str(DOCKER / "packages.txt"))
+    command = line[len('PACKAGES="$('):-len(')"')].replace('"$PACKAGES_FILE"', listing)
     if shutil.which("paste") is None:
         pytest.skip("needs coreutils' paste")
     got = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout
@@ -90,6 +92,7 @@ def test_rootfs_script_reads_packages_txt_for_bullseye():
 
 
 def test_rootfs_script_usage_without_root():
-    """The script runs as far as it can without root: usage, and a refusal of a bad DIR."""
-    result = subprocess.run(["bash", str(DOCKER / "caffe-rootfs.sh")], capture_output=True, text=True)
+    """Without a DIR the script only prints its usage (exit status 2), root or not."""
+    result = subprocess.run(["bash", str(DOCKER / "caffe-rootfs.sh")], capture_output=True,
+                            text=True)
     assert result.returncode == 2 and "usage" in result.stderr

@@ -67,7 +67,8 @@ def chroot_root(caffe_command) -> Path:
         if in_ci():
             pytest.fail(f"the walkthrough needs a chroot Caffe runtime, not {caffe_command!r}",
                         pytrace=False)
-        pytest.skip(f"the walkthrough runs Caffe in a chroot; $CAFFE_TUCKER_PYTHON is {caffe_command!r}")
+        pytest.skip("the walkthrough runs Caffe in a chroot; "
+                    f"$CAFFE_TUCKER_PYTHON is {caffe_command!r}")
     for module in ("sklearn", "lmdb"):
         try:
             __import__(module)
