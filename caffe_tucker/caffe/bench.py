@@ -26,7 +26,7 @@ from caffe_tucker.caffe.verify import NetPair, forward_bytes
 from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.report.plots import png_bytes, pyplot
 
-__all__ = ["bench", "bench_png", "speedup_ceiling"]
+__all__ = ["bench", "bench_png", "bench_runs", "speedup_ceiling"]
 
 
 def _with_batch(net: Net, batch: int) -> Net:
@@ -94,7 +94,7 @@ def _environment(runtime, runs: list[dict], threads: int | None) -> dict:
 
 
 def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: int = 3,
-          warmup: int = 3, threads: int | None = None) -> dict:
+          warmup: int = 3, threads: int | None = None, progress=None) -> dict:
     """Time both nets for each batch size; returns ``{"batches": {batch: result}}``.
 
     Each result is ``{"layers": [{"name", "method", "original_ms", "compressed_ms", "parts_ms",
@@ -107,6 +107,8 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
     ``threads`` (an int >= 1) is set in Caffe's OpenBLAS before timing; None leaves Caffe's
     default.  A batch whose blobs would need more memory than
     :func:`~caffe_tucker.analysis.validate.memory_limit` allows is refused before Caffe runs.
+    ``progress`` (a :class:`~caffe_tucker.report.progress.Progress` of :func:`bench_runs`
+    steps) advances once per timing run in Caffe.
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or threads < 1):
@@ -122,11 +124,13 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
     for batch in batches:
         o_net, c_net = _with_batch(original, batch), _with_batch(compressed, batch)
         runs_o, runs_c = [], []
-        for _ in range(repeats):
-            runs_o.append(runtime.time(o_net, batch=batch, iterations=iterations, warmup=warmup,
-                                       threads=threads))
-            runs_c.append(runtime.time(c_net, batch=batch, iterations=iterations, warmup=warmup,
-                                       threads=threads))
+        for repeat in range(repeats):
+            for runs, net, what in ((runs_o, o_net, "original"), (runs_c, c_net, "compressed")):
+                _note(progress, f"batch {batch}, {what}, run {repeat + 1}/{repeats}")
+                runs.append(runtime.time(net, batch=batch, iterations=iterations, warmup=warmup,
+                                         threads=threads))
+                if progress is not None:
+                    progress.update(1)
 
         def median_of(runs, name):
             return statistics.median(next(l["ms"] for l in r["layers"] if l["name"] == name)
@@ -164,6 +168,17 @@ def bench(runtime, pair: NetPair, batches=(1,), iterations: int = 20, repeats: i
             "ceiling": ceiling, "realized": speedup / ceiling},
             "environment": environment}
     return {"batches": out, "iterations": iterations, "repeats": repeats}
+
+
+# -- issue 14: progress, one step per timing run in Caffe ---------------------------------------
+def bench_runs(batches, repeats: int) -> int:
+    """The timing runs :func:`bench` asks Caffe for: the steps of its ``progress``."""
+    return 2 * len(batches) * repeats
+
+
+def _note(progress, note: str) -> None:
+    if progress is not None:
+        progress.set_note(note)
 
 
 # -- issue 13: predicted times from a cached cost profile (caffe/profile.py) ---------------------

@@ -47,8 +47,8 @@ from caffe_tucker.zoo import zoo_model
 
 __all__ = ["BlobComparison", "Check", "CheckKind", "Status", "VerifyResult", "NetPair",
            "load_pair", "verify", "reconstructed_original", "image_files", "load_images",
-           "compare_outputs", "net_outputs", "forward_bytes", "DECOMPOSITION_TOLERANCE",
-           "TUNED_WEIGHTS"]
+           "compare_outputs", "net_outputs", "forward_bytes", "verify_passes",
+           "DECOMPOSITION_TOLERANCE", "TUNED_WEIGHTS"]
 
 #: The decomposition check fails beyond this relative difference.
 DECOMPOSITION_TOLERANCE = 1e-4
@@ -427,20 +427,41 @@ def _check_memory(pair: NetPair, batch: int, what: str, hint: str) -> None:
     check_allocation(nbytes, what, hint)
 
 
-def _decomposition(pair: NetPair, runtime, inputs: dict, outputs: list[str], got: dict) -> Check:
+def _decomposition(pair: NetPair, runtime, inputs: dict, outputs: list[str], got: dict,
+                   progress=None) -> Check:
     if pair.tuned:
         return Check(CheckKind.DECOMPOSITION, Status.NOT_APPLICABLE,
                      reason="fine-tuned weights: fine-tuning changes the factors, so they no "
                      "longer reconstruct the original kernels")
-    recon = runtime.forward(_runnable(reconstructed_original(pair), runtime).net, None, inputs,
-                            blobs=outputs)
+    recon = _forward(runtime, progress, "reconstructed",
+                     _runnable(reconstructed_original(pair), runtime).net, inputs, outputs)
     comparisons = compare_outputs(recon, got)
     ok = all(c.max_rel <= DECOMPOSITION_TOLERANCE for c in comparisons)
     return Check(CheckKind.DECOMPOSITION, Status.PASSED if ok else Status.FAILED, comparisons)
 
 
-def verify(runtime, pair: NetPair, images=None, random: int = 2, seed: int = 0) -> VerifyResult:
+# -- issue 14: progress, one step per forward pass in Caffe -------------------------------------
+def verify_passes(pair: NetPair) -> int:
+    """The forward passes :func:`verify` runs in Caffe: the steps of its ``progress``."""
+    return 2 if pair.tuned else 3
+
+
+def _forward(runtime, progress, what: str, net: Net, inputs: dict, outputs: list[str]) -> dict:
+    """``runtime.forward`` of one net, shown as a step of ``progress`` (when given)."""
+    if progress is not None:
+        progress.set_note(f"{what} net")
+    blobs = runtime.forward(net, None, inputs, blobs=outputs)
+    if progress is not None:
+        progress.update(1, f"{what} net")
+    return blobs
+
+
+def verify(runtime, pair: NetPair, images=None, random: int = 2, seed: int = 0,
+           progress=None) -> VerifyResult:
     """Run the checks in Caffe; see the module docstring.
+
+    ``progress`` (a :class:`~caffe_tucker.report.progress.Progress` of :func:`verify_passes`
+    steps) advances once per forward pass.
 
     Raises
     ------
@@ -466,10 +487,11 @@ def verify(runtime, pair: NetPair, images=None, random: int = 2, seed: int = 0) 
             n = len(files) if files is not None else random
             inputs[name] = rng.standard_normal((n,) + tuple(shape[1:])).astype(np.float32)
     original, compressed, outputs, part = _runnable_pair(pair, runtime)
-    ref = runtime.forward(original, None, inputs, blobs=outputs)
-    got = runtime.forward(compressed, None, inputs, blobs=outputs)
+    ref = _forward(runtime, progress, "original", original, inputs, outputs)
+    got = _forward(runtime, progress, "compressed", compressed, inputs, outputs)
     approximation = Check(CheckKind.APPROXIMATION, Status.MEASURED, compare_outputs(ref, got))
-    return VerifyResult(checks=(approximation, _decomposition(pair, runtime, inputs, outputs, got)),
+    decomposition = _decomposition(pair, runtime, inputs, outputs, got, progress)
+    return VerifyResult(checks=(approximation, decomposition),
                         compressed_layers=tuple(r.name for r in pair.record.compressed),
                         inputs={k: v.shape for k, v in inputs.items()},
                         weights=pair.compressed.weights, tuned=pair.tuned, part=part)

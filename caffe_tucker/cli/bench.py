@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from caffe_tucker.caffe.bench import bench, bench_png
+from caffe_tucker.caffe.bench import bench, bench_png, bench_runs
 from caffe_tucker.caffe.runtimes import RUNTIMES
 from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, caffe_runtime,
                                    int_in, non_empty)
 from caffe_tucker.errors import CaffeTuckerError, check_param
 from caffe_tucker.io.fsutil import check_output, write_atomic
+from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import bench_columns, dumps_json, render
 
 
@@ -91,8 +92,10 @@ def run(args) -> int:
     png = args.png or (Path(args.paths[0]) / "bench.png" if len(args.paths) == 1 else None)
     if png:
         check_output(png, force=True, inputs=args.paths)  # fail before the timing, not after
-    with caffe_runtime(args) as rt:
-        result = bench(rt, pair, batches, args.iterations, args.repeats, threads=args.threads)
+    # A bar on stderr when it is a terminal: one step per timing run in Caffe (issue 14).
+    with caffe_runtime(args) as rt, Progress(bench_runs(batches, args.repeats), "bench") as bar:
+        result = bench(rt, pair, batches, args.iterations, args.repeats, threads=args.threads,
+                       progress=bar)
     if png:
         write_atomic(png, bench_png(result), force=True, inputs=args.paths)
     if args.format == "json":

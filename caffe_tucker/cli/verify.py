@@ -11,6 +11,7 @@ import sys
 from caffe_tucker.caffe.runtimes import RUNTIMES
 from caffe_tucker.cli.args import (add_caffe_runtime, add_compared_nets, add_format, add_seed,
                                    caffe_runtime, int_in)
+from caffe_tucker.report.progress import Progress
 from caffe_tucker.report.tables import dumps_json, render, verify_columns
 
 #: Exit status of a verify whose decomposition check failed (bad input is 1).
@@ -36,11 +37,13 @@ def add_parser(subparsers):
 def run(args) -> int:
     # caffe.verify imports compress.methods, hence tensorly and scipy (about 0.4 s): imported
     # on use so that --help and the other subcommands stay quick.
-    from caffe_tucker.caffe.verify import load_pair, verify
+    from caffe_tucker.caffe.verify import load_pair, verify, verify_passes
 
     pair = load_pair(args.paths, tuned=args.tuned)
-    with caffe_runtime(args) as rt:
-        result = verify(rt, pair, images=args.images, random=args.random, seed=args.seed)
+    # A bar on stderr when it is a terminal: one step per forward pass in Caffe (issue 14).
+    with caffe_runtime(args) as rt, Progress(verify_passes(pair), "verify") as bar:
+        result = verify(rt, pair, images=args.images, random=args.random, seed=args.seed,
+                        progress=bar)
         runtime = rt.hello() if hasattr(rt, "hello") else {}
     if args.format == "json":
         data = result.to_dict()

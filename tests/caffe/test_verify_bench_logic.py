@@ -161,3 +161,63 @@ def test_load_pair_refuses_what_is_not_a_pair(tmp_path, cifar):
     (tmp_path / "report.json").write_text("{\"layers\": 3}")
     with pytest.raises(InputFileError, match="not a caffe_tucker compression record"):
         load_pair([tmp_path])
+
+
+# -- issue 14: progress on verify and bench (a bar on stderr, one step per pass in Caffe) ---------
+
+def _bar(monkeypatch, total, label):
+    import io
+
+    from caffe_tucker.report.progress import Progress
+
+    monkeypatch.setenv("CAFFE_TUCKER_PROGRESS", "1")
+    return Progress(total, label, stream=io.StringIO())
+
+
+def test_verify_advances_its_progress_once_per_forward_pass(converted, monkeypatch):
+    from caffe_tucker.caffe.verify import verify_passes
+
+    result, out = converted
+    pair = load_pair([out])
+    with _bar(monkeypatch, verify_passes(pair), "verify") as bar:
+        verify(FakeRuntime(), pair, progress=bar)
+    drawn = bar.stream.getvalue()
+    assert bar.done == verify_passes(pair) == 3
+    assert "100.0% 3/3" in drawn
+    for what in ("original", "compressed", "reconstructed"):
+        assert f"{what} net" in drawn
+    assert verify_passes(load_pair([out], tuned=False)) == 3
+
+
+def test_bench_advances_its_progress_once_per_timing_run(converted, monkeypatch):
+    from caffe_tucker.caffe.bench import bench_runs
+
+    result, out = converted
+    fake = FakeRuntime()
+    with _bar(monkeypatch, bench_runs((1, 2), 2), "bench") as bar:
+        bench(fake, load_pair([out]), batches=(1, 2), iterations=1, repeats=2, warmup=0,
+              progress=bar)
+    assert bar.done == bench_runs((1, 2), 2) == len(fake.calls) == 8
+    assert "100.0% 8/8" in bar.stream.getvalue()
+    assert "batch 2, compressed, run 2/2" in bar.stream.getvalue()
+
+
+@pytest.mark.parametrize("command", ["verify", "bench"])
+def test_cli_shows_progress_on_stderr_only_when_asked(converted, monkeypatch, cli, command):
+    """The bar follows the project's convention (report/progress.py): drawn on a terminal or
+    with CAFFE_TUCKER_PROGRESS=1, never on stdout, and nothing when stderr is not a terminal."""
+    import contextlib
+
+    import caffe_tucker.cli.bench
+    import caffe_tucker.cli.verify
+
+    result, out = converted
+    module = getattr(caffe_tucker.cli, command)
+    monkeypatch.setattr(module, "caffe_runtime", lambda args: contextlib.nullcontext(FakeRuntime()))
+    extra = ["--iterations", "1", "--repeats", "1"] if command == "bench" else []
+    code, stdout, stderr = cli(command, out, *extra)       # conftest: CAFFE_TUCKER_PROGRESS=0
+    assert code == 0 and stderr == "" and "\r" not in stdout
+    monkeypatch.setenv("CAFFE_TUCKER_PROGRESS", "1")
+    code, stdout2, stderr = cli(command, out, *extra)
+    assert code == 0 and f"\r{command} [" in stderr and "100.0%" in stderr
+    assert "\r" not in stdout2
