@@ -68,8 +68,8 @@ def run(args) -> int:
                   f"rel. error {row.rel_error:.3f}")
         if row.policy:  # issue 13
             p = row.policy
-            print(f"    latency policy: {p['decision']}; predicted {p['chosen_ms']:.3f} ms "
-                  f"(VBMF's {p['vbmf_ms']:.3f} ms, original {p['original_ms']:.3f} ms)")
+            print(f"    latency policy: {p.decision}; predicted {p.chosen_ms:.3f} ms "
+                  f"(VBMF's {p.vbmf_ms:.3f} ms, original {p.original_ms:.3f} ms)")
     print(f"total: weights {human(t.weights_before)} -> {human(t.weights_after)} "
           f"(x{t.weights_ratio:.2f}), FLOPs {human(t.flops_before)} -> "
           f"{human(t.flops_after)} (x{t.flops_ratio:.2f})")

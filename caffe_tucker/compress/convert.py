@@ -281,7 +281,7 @@ def _build_record(model: Model, preset: str, choices, decompositions, compressed
                       out_channels=b.out_channels, kernel=b.kernel, group=b.group,
                       weights_before=b.weights, flops_before=b.flops)
         if decisions and name in decisions:  # issue 13
-            common["policy"] = decisions[name].to_json()
+            common["policy"] = decisions[name]
         if c.skipped_reason is None:
             d = decompositions[name]
             rows_after = [after.row(n) for n in get_method(d.method).new_layer_names(name)]

@@ -56,6 +56,17 @@ class PolicyDecision:
     chosen_error: float
     candidates: tuple = ()         # (label, method or None, ranks, ms, error)
 
+    @classmethod
+    def from_json(cls, layer: str, d: dict) -> "PolicyDecision":
+        """Read :meth:`to_json`'s object back (a layer's ``policy`` in report.json)."""
+        return cls(layer=layer, decision=d["decision"], method=d["method"],
+                   ranks=tuple(d["ranks"]), vbmf_method=d["vbmf_method"],
+                   vbmf_ranks=tuple(d["vbmf_ranks"]), vbmf_ms=d["vbmf_ms"],
+                   chosen_ms=d["chosen_ms"], original_ms=d["original_ms"],
+                   vbmf_error=d["vbmf_error"], chosen_error=d["chosen_error"],
+                   candidates=tuple((c["label"], c["method"], tuple(c["ranks"]), c["ms"],
+                                     c["error"]) for c in d.get("candidates", ())))
+
     def to_json(self) -> dict:
         r = lambda v: round(float(v), 6)  # noqa: E731
         return {"decision": self.decision, "method": self.method, "ranks": list(self.ranks),

@@ -20,6 +20,7 @@ import numpy as np
 
 from caffe_tucker.analysis.cost import Analysis, analyze
 from caffe_tucker.compress.methods import get_method, method_names
+from caffe_tucker.compress.policy import PolicyDecision
 from caffe_tucker.errors import InputFileError
 from caffe_tucker.model import Model
 
@@ -62,7 +63,7 @@ class LayerRecord:
     skipped_reason: str | None = None
     # -- issue 13: the latency rank policy's decision and predicted times (compress/policy.py);
     # None under the default policy, and then absent from report.json.
-    policy: dict | None = None
+    policy: PolicyDecision | None = None
 
     @property
     def compressed(self) -> bool:
@@ -74,7 +75,7 @@ class LayerRecord:
     def to_json(self) -> dict:
         d = self._to_json()
         if self.policy is not None:  # issue 13
-            d["policy"] = self.policy
+            d["policy"] = self.policy.to_json()
         return d
 
     def _to_json(self) -> dict:
@@ -102,7 +103,9 @@ class LayerRecord:
                    weights_after=d["weights_after"], flops_after=d["flops_after"],
                    new_layers=tuple(d["new_layers"]), weights_parts=tuple(d["weights_parts"]),
                    flops_parts=tuple(d["flops_parts"]), rel_error=d["rel_error"],
-                   skipped_reason=d["skipped_reason"], policy=d.get("policy"))
+                   skipped_reason=d["skipped_reason"],
+                   policy=PolicyDecision.from_json(d["name"], d["policy"]) if d.get("policy")
+                   else None)
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,9 @@ def _policy_lines(record: CompressionRecord) -> list[str]:
              "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         p = r.policy
-        vbmf = f"{p['vbmf_method']} {p['vbmf_ranks']}"
-        chosen = "original" if p["decision"] == "original" else f"{p['method']} {p['ranks']}"
-        lines.append(f"| {r.name} | {p['decision']} | {vbmf} | {p['vbmf_ms']:.3f} | "
-                     f"{p['vbmf_error']:.4f} | {chosen} | {p['chosen_ms']:.3f} | "
-                     f"{p['chosen_error']:.4f} | {p['original_ms']:.3f} |")
+        vbmf = f"{p.vbmf_method} {list(p.vbmf_ranks)}"
+        chosen = "original" if p.decision == "original" else f"{p.method} {list(p.ranks)}"
+        lines.append(f"| {r.name} | {p.decision} | {vbmf} | {p.vbmf_ms:.3f} | "
+                     f"{p.vbmf_error:.4f} | {chosen} | {p.chosen_ms:.3f} | "
+                     f"{p.chosen_error:.4f} | {p.original_ms:.3f} |")
     return lines + [""]

@@ -161,7 +161,9 @@ def test_convert_with_the_latency_policy_records_its_decisions(cifar, tmp_path):
     assert "policy" not in rows["ip1"]
     assert "Rank policy `latency`" in (out / "report.md").read_text()
     back = read_record(out)
-    assert back.rank_policy == "latency" and back.layers[1].policy == rows["conv2"]["policy"]
+    assert back.rank_policy == "latency"
+    assert back.layers[1].policy.to_json() == rows["conv2"]["policy"]  # a typed record, read back
+    assert back.layers[1].policy.decision == rows["conv2"]["policy"]["decision"]
     # the default policy writes neither key
     plain = convert(cifar, options=ConvertOptions(), progress=False).record.to_json()
     assert "rank_policy" not in plain and all("policy" not in r for r in plain["layers"])
