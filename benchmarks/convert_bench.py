@@ -100,6 +100,9 @@ def main(argv):
                 for k in stages:
                     ratio = new[k] / old[k] if old[k] > 0 else float("nan")
                     print(f"  {k:10s} old {old[k]:7.2f}s  new {new[k]:7.2f}s  new/old {ratio:5.2f}")
+                peak_old, peak_new = _median(runs["old"], "peak_mb"), _median(runs["new"], "peak_mb")
+                print(f"  {'peak RSS':10s} old {peak_old:6d} MB new {peak_new:6d} MB  "
+                      f"new/old {peak_new / peak_old:5.2f}", flush=True)
                 rows.append({"model": name, "old": runs["old"], "new": runs["new"]})
                 continue
             row = _run_child(name, tmp, vbmf, ROOT)

@@ -13,7 +13,8 @@
   the full divide-and-conquer ``syevd`` above that (k = n/2: 6.9 s against 11.4 s), and
   ``syevd`` for every matrix up to 1024 rows, where the subset never paid.
 
-Both are deterministic for the same input and BLAS.  Tall, tiny matrices go to LAPACK's SVD.
+Both are deterministic for the same input and BLAS, and run matrices below 1024 rows on one BLAS
+thread (:func:`caffe_tucker.compress.blas.small_matrix_limits`).  Tall, tiny matrices go to LAPACK's SVD.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-__all__ = ["singular_values", "leading_vectors", "leading_eigh", "fix_signs"]
+from caffe_tucker.compress.blas import small_matrix_limits
+
+__all__ = ["singular_values", "leading_vectors", "leading_eigh", "fix_signs", "sum_squares"]
 
 #: Matrices with at most this many rows use LAPACK's SVD instead of the Gram matrix.
 DIRECT_SVD_MAX = 32
@@ -49,8 +52,9 @@ def singular_values(x: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     if max(x.shape) <= DIRECT_SVD_MAX:
         return np.linalg.svd(x, compute_uv=False)
-    w = scipy.linalg.eigh(_gram(x), eigvals_only=True, driver="evd", overwrite_a=True,
-                          check_finite=False)
+    with small_matrix_limits(min(x.shape)):
+        w = scipy.linalg.eigh(_gram(x), eigvals_only=True, driver="evd", overwrite_a=True,
+                              check_finite=False)
     return np.sqrt(np.clip(w[::-1], 0.0, None))
 
 
@@ -92,8 +96,20 @@ def leading_vectors(x: np.ndarray, k: int, gram_dtype=np.float64):
         u, energy = u[:, :k], float(np.sum(sv[:k] ** 2))
     else:
         xg = x.astype(gram_dtype, copy=False)
-        w, u = leading_eigh(xg @ xg.T, k)
+        with small_matrix_limits(m):
+            w, u = leading_eigh(xg @ xg.T, k)
         u, energy = u.astype(np.float64), float(np.sum(w, dtype=np.float64))
         if gram_dtype != np.float64:  # re-orthonormalise the float32 vectors in float64
             u, _r = np.linalg.qr(u)
     return fix_signs(u), energy
+
+
+def sum_squares(x: np.ndarray, block: int = 1 << 20) -> float:
+    """``Σ x²`` in float64, in blocks of ``block`` elements (no float64 copy of a float32 array,
+    no temporary of its size)."""
+    flat = np.asarray(x).reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, block):
+        part = flat[start:start + block].astype(np.float64, copy=False)
+        total += float(np.dot(part, part))
+    return total

@@ -69,3 +69,21 @@ def test_cli_reports_a_bad_value_in_one_line(cli, monkeypatch, cifar, tmp_path):
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and BLAS_THREADS_ENV in err
     assert blas.DEFAULT_BLAS_THREADS >= 1
+
+
+def test_small_matrices_run_on_one_blas_thread():
+    """Below SMALL_MATRIX_ROWS rows the block runs on one BLAS thread; from it on, as set."""
+    from threadpoolctl import threadpool_info
+
+    from caffe_tucker.compress.blas import SMALL_MATRIX_ROWS, blas_limits, small_matrix_limits
+
+    def blas_counts():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    with blas_limits(2):
+        assert blas_counts() == {2}
+        with small_matrix_limits(SMALL_MATRIX_ROWS - 1):
+            assert blas_counts() == {1}
+        assert blas_counts() == {2}
+        with small_matrix_limits(SMALL_MATRIX_ROWS):
+            assert blas_counts() == {2}
