@@ -38,7 +38,7 @@ from caffe_tucker.graph import Layer, Net
 __all__ = ["OpenCVRuntime", "OpenCVUnavailable", "import_cv2", "opencv_available",
            "INSTALL_HINT"]
 
-INSTALL_HINT = "pip install 'opencv-python-headless>=4.5,<5' (or: pip install 'caffe-tucker[opencv]')"
+INSTALL_HINT = "pip install 'opencv-python-headless>=4.5,<5' (a dependency of caffe-tucker: reinstall it)"
 
 
 class OpenCVUnavailable(CaffeRuntimeUnavailable):
@@ -115,6 +115,11 @@ class OpenCVRuntime:
     """
 
     name = "opencv"
+    #: How verify names this runtime when it runs part of a net (analysis/subnet.py).
+    runtime_name = "OpenCV"
+    #: The layer types verify may run here: BVLC Caffe's and the SSD fork's that OpenCV's Caffe
+    #: importer implements, so that a detector verifies as a whole (issue 14).
+    layer_types = None  # set below the class, from analysis.subnet
 
     def __init__(self, threads: int | None = None):
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
@@ -325,3 +330,12 @@ class OpenCVRuntime:
                 "input_shapes": {name: list(shape) for name, shape in shapes.items()},
                 "blas": {"library": None, "threads": in_force, "corename": None, "config": None},
                 "runtime": "opencv", "runtime_version": cv2.__version__}
+
+
+def _opencv_layer_types() -> frozenset:
+    from caffe_tucker.analysis.subnet import BVLC_LAYER_TYPES
+
+    return frozenset(BVLC_LAYER_TYPES) | {"Permute", "PriorBox", "DetectionOutput", "Normalize"}
+
+
+OpenCVRuntime.layer_types = _opencv_layer_types()

@@ -1,6 +1,6 @@
 """verify and bench under OpenCV's DNN module (--runtime opencv), and the choice of runtime.
 
-The OpenCV tests need no Caffe and always run (opencv-python-headless is in the test extra);
+The OpenCV tests need no Caffe and always run (opencv-python-headless is a dependency);
 the agreement tests run the same verify under real Caffe and under OpenCV and compare what they
 report (they need a Caffe runtime, as the integration tests do).
 """

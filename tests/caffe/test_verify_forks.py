@@ -48,3 +48,16 @@ def test_ssd_backbone_verifies_in_real_caffe(cli, caffe_command, ssd_out):
     assert "not run in BVLC Caffe" in result["part"] and "PriorBox" in result["part"]
     code, out, err = cli("verify", ssd_out, "--caffe-python", caffe_command)
     assert code == 0 and "verified layers conv1..conv4_mbox_conf" in out, err
+
+
+def test_the_whole_ssd_net_verifies_under_opencv(cli, ssd_out):
+    """OpenCV implements the SSD layers, so verify runs the whole detector there: every
+    compressed layer (the heads after Normalize too) is checked on DetectionOutput itself."""
+    code, out, err = cli("verify", ssd_out, "--format", "json", "--runtime", "opencv")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["verdict"] == "passed" and result["runtime"]["name"] == "opencv"
+    assert result["part"] is None
+    assert [c["blob"] for c in result["decomposition"]] == ["detection_out"]
+    assert result["decomposition"][0]["max_rel"] < 1e-4
+    assert "conv3_norm_mbox_conf" in result["compressed_layers"]
