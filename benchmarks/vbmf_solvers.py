@@ -26,20 +26,21 @@ from caffe_tucker.compress.convert import ConvertOptions, choose_ranks  # noqa: 
 DATA = ROOT / "tests" / "data"
 MODELS = {
     "digits": (ROOT / "zoo_models" / "digits" / "deploy.prototxt",
-               ROOT / "zoo_models" / "digits" / "digits.caffemodel"),
+               ROOT / "zoo_models" / "digits" / "digits.caffemodel", None),
     "cifar10_quick": (DATA / "cifar10_quick" / "cifar10_quick.prototxt",
-                      DATA / "cifar10_quick" / "cifar10_quick_iter_5000.caffemodel"),
+                      DATA / "cifar10_quick" / "cifar10_quick_iter_5000.caffemodel", None),
     "resnet20": (DATA / "resnet20_cifar10" / "res20_cifar_train_test.prototxt",
-                 DATA / "resnet20_cifar10" / "cifar10_res20_iter_64000.caffemodel"),
+                 DATA / "resnet20_cifar10" / "cifar10_res20_iter_64000.caffemodel",
+                 {"Data1": (1, 3, 32, 32)}),
     "lenet": (DATA / "lenet_mnist_v1format" / "lenet.prototxt",
-              DATA / "lenet_mnist_v1format" / "lenet_iter_10000.caffemodel"),
+              DATA / "lenet_mnist_v1format" / "lenet_iter_10000.caffemodel", None),
 }
 
 
-def ranks_of(proto, weights, solver):
+def ranks_of(proto, weights, shapes, solver):
     t = time.perf_counter()
-    _model, _preset, choices = choose_ranks(proto, weights, ConvertOptions(vbmf_solver=solver,
-                                                                           spectra=False))
+    _model, _preset, choices = choose_ranks(proto, weights, ConvertOptions(
+        vbmf_solver=solver, spectra=False, input_shapes=shapes))
     return {n: (c.method, c.ranks) for n, c in choices.items()}, time.perf_counter() - t
 
 
@@ -51,11 +52,11 @@ def main(argv=None) -> int:
     print("| model | layer | method | reference | global |")
     print("|---|---|---|---|---|")
     summary = []
-    for name, (proto, weights) in MODELS.items():
+    for name, (proto, weights, shapes) in MODELS.items():
         times = {"reference": [], "global": []}
         for _ in range(args.repeat):
             for solver in times:
-                ranks, seconds = ranks_of(proto, weights, solver)
+                ranks, seconds = ranks_of(proto, weights, shapes, solver)
                 times[solver].append(seconds)
                 if solver == "reference":
                     ref = ranks
