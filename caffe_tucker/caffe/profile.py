@@ -29,6 +29,7 @@ the same file.  Everything but :func:`measure` is pure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -45,7 +46,8 @@ from caffe_tucker.graph import Layer, Net, make_spec
 from caffe_tucker.io.caffe_pb2 import NetParameter
 
 __all__ = ["Kind", "Fit", "MachineKey", "CostProfile", "ConvOp", "fit_times", "grid",
-           "layer_kinds", "conv_ops", "original_op", "profile_net", "measure", "profile_dir",
+           "layer_kinds", "conv_ops", "original_op", "profile_net", "measure", "plan_kinds",
+           "ProfileRun", "profile_kinds", "profile_dir",
            "profile_path", "load_profile", "save_profile", "cpu_model", "machine_key",
            "PROFILE_FORMAT"]
 
@@ -417,6 +419,58 @@ def measure(runtime, kinds, batch: int = 1, threads: int | None = None, iteratio
         pts = [(ci, co, times[n]) for n, (k, ci, co) in where.items() if k == kind.key]
         fits[kind.key] = (kind, fit_times(kind, pts))
     return CostProfile(key, fits)
+
+
+def plan_kinds(net: Net, shapes, plan: dict) -> list[tuple[Kind, list[tuple[int, int]]]]:
+    """The kinds of convolution the planned layers (name -> method) can become, each with its
+    grid points, merged across layers; refused in one line when there is none."""
+    kinds: dict = {}
+    for name, method in plan.items():
+        for kind, points in layer_kinds(net.layer(name), shapes.layers[name], method):
+            kinds.setdefault(kind.key, (kind, set()))[1].update(points)
+    if not kinds:
+        raise CaffeTuckerError(f"{net.source}: no Tucker-2 or Tucker-1 convolution is planned, "
+                               "so there is nothing to profile; hint: check the plan with 'ranks'")
+    return [(kind, sorted(points)) for kind, points in kinds.values()]
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """What :func:`profile_kinds` did: the machine's profile, this net's kind keys, how many
+    kinds were measured (the others came from the cache), and where the profile was cached."""
+
+    profile: CostProfile
+    keys: frozenset
+    measured: int
+    path: Path
+
+
+def profile_kinds(runtime, kinds, batch: int = 1, threads: int | None = None,
+                  iterations: int = 20, force: bool = False, repeats: int = 3,
+                  progress=None) -> ProfileRun:
+    """Measure the ``kinds`` the cache of this machine/runtime lacks (all with ``force``), merge
+    them into its profile (other nets' kinds are kept) and cache it.
+
+    ``progress(repeats, kinds)``, when given, makes the bar (a context manager such as
+    :class:`~caffe_tucker.report.progress.Progress`) that advances once per repetition.
+    """
+    hello = runtime.hello()
+    blas = dict(hello.get("blas") or {})
+    if threads is not None:
+        blas["threads"] = threads
+    cached = None if force else cached_profile(machine_key(hello, blas, batch))
+    todo = [(k, p) for k, p in kinds if cached is None or cached.fit_for(k) is None]
+    profile = cached
+    if todo:
+        with (progress(repeats, len(todo)) if progress is not None else
+              contextlib.nullcontext()) as bar:
+            fresh = measure(runtime, todo, batch=batch, threads=threads, iterations=iterations,
+                            repeats=repeats, progress=bar)
+        # keyed by the threads actually in force; the other kinds of the machine's file are kept
+        profile = (cached_profile(fresh.machine) or CostProfile(fresh.machine)).merged(fresh)
+    path = save_profile(profile, profile_path(profile.machine))
+    return ProfileRun(profile=profile, keys=frozenset(k.key for k, _ in kinds),
+                      measured=len(todo), path=path)
 
 
 # -- the cache ----------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import sys
 from caffe_tucker.cli.args import (add_caffe_runtime, add_force, add_input_shape, add_output,
                                    add_prototxt, add_weights, caffe_runtime, input_shapes, int_in,
                                    non_empty)
-from caffe_tucker.errors import CaffeTuckerError
 from caffe_tucker.io.fsutil import check_output
 from caffe_tucker.report.progress import Progress
+from caffe_tucker.report.tables import profile_table
 
 
 def add_parser(subparsers):
@@ -33,69 +33,25 @@ def add_parser(subparsers):
     return p
 
 
-def _kinds(args):
-    from caffe_tucker.caffe.profile import layer_kinds
+def run(args) -> int:
+    from caffe_tucker.caffe.profile import plan_kinds, profile_kinds, save_profile
     from caffe_tucker.compress.plan import detect_preset, make_plan
     from caffe_tucker.model import load_model
 
-    model = load_model(args.prototxt, args.weights, input_shapes=input_shapes(args), deploy=True)
-    net, shapes = model.net, model.shapes
-    plan = make_plan(net, shapes, args.preset or detect_preset(net))
-    kinds = {}
-    for name, method in plan.items():
-        for kind, points in layer_kinds(net.layer(name), shapes.layers[name], method):
-            kinds.setdefault(kind.key, (kind, set()))[1].update(points)
-    if not kinds:
-        raise CaffeTuckerError(f"{args.prototxt}: no Tucker-2 or Tucker-1 convolution is planned, "
-                               "so there is nothing to profile; hint: check the plan with 'ranks'")
-    return [(kind, sorted(points)) for kind, points in kinds.values()]
-
-
-def profile_table(profile, keys=None) -> str:
-    """A readable table of the fits: kind, points, a (ms), b (us per channel), c (ms per GMAC),
-    residual."""
-    rows = [("kind", "points", "a ms", "b us/ch", "c ms/GMAC", "residual")]
-    for key, (kind, fit) in sorted(profile.fits.items()):
-        if keys is not None and key not in keys:
-            continue
-        rows.append((key, str(len(fit.points)), f"{fit.a:.4f}", f"{fit.b * 1e3:.3f}",
-                     f"{fit.c * 1e9:.2f}", f"{fit.residual:.1%}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                             for i, (v, w) in enumerate(zip(r, widths))).rstrip() + "\n"
-                   for r in rows)
-
-
-def run(args) -> int:
-    from caffe_tucker.caffe.profile import (CostProfile, cached_profile, machine_key, measure,
-                                            profile_path, save_profile)
-
     if args.output:
         check_output(args.output, force=args.force, inputs=[args.prototxt, args.weights])
-    kinds = _kinds(args)
+    model = load_model(args.prototxt, args.weights, input_shapes=input_shapes(args), deploy=True)
+    kinds = plan_kinds(model.net, model.shapes,
+                       make_plan(model.net, model.shapes, args.preset or detect_preset(model.net)))
     with caffe_runtime(args) as rt:
-        hello = rt.hello()
-        blas = dict(hello.get("blas") or {})
-        if args.threads is not None:
-            blas["threads"] = args.threads
-        key = machine_key(hello, blas, args.batch)
-        cached = None if args.force else cached_profile(key)
-        todo = [(k, p) for k, p in kinds if cached is None or cached.fit_for(k) is None]
-        repeats = 3
-        if todo:
-            with Progress(repeats, f"profile {len(todo)} kinds") as bar:
-                fresh = measure(rt, todo, batch=args.batch, threads=args.threads,
-                                iterations=args.iterations, repeats=repeats, progress=bar)
-            # the threads actually in force; other nets' kinds in the file are kept
-            profile = (cached_profile(fresh.machine) or CostProfile(fresh.machine)).merged(fresh)
-        else:
-            profile = cached
-    path = save_profile(profile, profile_path(profile.machine))
-    print(f"{profile.machine.describe()}: {len(kinds)} kinds "
-          f"({len(todo)} measured, {len(kinds) - len(todo)} cached)")
-    sys.stdout.write(profile_table(profile, {k.key for k, _ in kinds}))
-    print(f"model: t = a + b*(cin + cout) + c*MACs; wrote {path}")
+        done = profile_kinds(rt, kinds, batch=args.batch, threads=args.threads,
+                             iterations=args.iterations, force=args.force,
+                             progress=lambda n, k: Progress(n, f"profile {k} kinds"))
+    print(f"{done.profile.machine.describe()}: {len(kinds)} kinds "
+          f"({done.measured} measured, {len(kinds) - done.measured} cached)")
+    sys.stdout.write(profile_table(done.profile, done.keys))
+    print(f"model: t = a + b*(cin + cout) + c*MACs; wrote {done.path}")
     if args.output:
-        save_profile(profile, args.output, force=True)
+        save_profile(done.profile, args.output, force=True)
         print(f"wrote {args.output}")
     return 0

@@ -248,3 +248,18 @@ def quantize_columns() -> list[Column]:
             Column("coded bytes", "coded_bytes", str, ">"),
             Column("bits/weight", "bits_per_weight", _bits, ">"),
             Column("bits/non-zero", "bits_per_nonzero", _bits, ">")]
+
+
+def profile_table(profile, keys=None) -> str:
+    """``profile``'s table of fits: kind, grid points, a (ms), b (µs per channel), c (ms per
+    GMAC), residual; only the kinds in ``keys`` when given."""
+    rows = [("kind", "points", "a ms", "b us/ch", "c ms/GMAC", "residual")]
+    for key, (_kind, fit) in sorted(profile.fits.items()):
+        if keys is not None and key not in keys:
+            continue
+        rows.append((key, str(len(fit.points)), f"{fit.a:.4f}", f"{fit.b * 1e3:.3f}",
+                     f"{fit.c * 1e9:.2f}", f"{fit.residual:.1%}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                             for i, (v, w) in enumerate(zip(r, widths))).rstrip() + "\n"
+                   for r in rows)
