@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 
 from caffe_tucker.compress.methods import get_method
@@ -21,6 +22,10 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # matplotlib logs to stderr through the root handler when its font cache is incomplete
+    # ("findfont: Font family ... not found", one line per font): the tool's stderr is its own
+    # one-line messages, and a fallback font changes no figure this tool draws
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     return plt
 
 

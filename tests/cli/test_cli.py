@@ -200,3 +200,30 @@ layer { name: "w" type: "WeirdOp" bottom: "c" top: "w" }
     assert code == 0
     assert "layer 'w'" in err and "'WeirdOp'" in err
     assert any(l.startswith("c ") and "Convolution" in l for l in out.splitlines())
+
+
+def test_an_incomplete_matplotlib_font_cache_adds_nothing_to_stderr(tmp_path):
+    """A font cache that lists only some fonts (one left by an interrupted rebuild) makes
+    matplotlib log "findfont: ... not found" for every mathtext font; convert, which draws
+    ranks.png, must still print nothing on stderr."""
+    import os
+
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    # importing the font manager writes the cache into $MPLCONFIGDIR
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True,
+                   capture_output=True)
+    caches = list((tmp_path / "mpl").glob("fontlist-*.json"))
+    assert len(caches) == 1
+    data = json.loads(caches[0].read_text())
+    data["ttflist"] = [f for f in data["ttflist"] if f["name"].startswith("DejaVu")]
+    caches[0].write_text(json.dumps(data))
+    net = tmp_path / "net"
+    net.mkdir()
+    (net / "net.prototxt").write_text((ZOO / "digits" / "deploy.prototxt").read_text())
+    (net / "net.caffemodel").write_bytes((ZOO / "digits" / "digits.caffemodel").read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "caffe_tucker", "convert",
+                           str(net / "net.prototxt"), "-o", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "ranks.png").is_file()
+    assert "findfont" not in proc.stderr and proc.stderr.strip() == "", proc.stderr
