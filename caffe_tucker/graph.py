@@ -23,7 +23,7 @@ import numpy as np
 from caffe_tucker.io.caffe_pb2 import LayerParameter, NetParameter, NetState, Phase
 from caffe_tucker.io.wire import encode_blob
 
-__all__ = ["Layer", "Net", "make_spec", "phase_value"]
+__all__ = ["Layer", "Net", "make_spec", "phase_value", "net_outputs"]
 
 
 def make_spec(name: str, type: str, bottoms: Sequence[str], tops: Sequence[str],
@@ -201,3 +201,16 @@ class Net:
                 for blob in layer.blobs:
                     spec.blobs.add().MergeFromString(encode_blob(blob))
         return net
+
+
+def net_outputs(net: Net) -> list[str]:
+    """Caffe's net outputs, in the order the blobs are first produced: the blobs still available
+    after the last layer, where each layer's bottoms stop being available and its tops become so
+    (an in-place layer takes its blob and gives it back)."""
+    available: set[str] = set()
+    order: list[str] = []
+    for layer in net.layers:
+        available.difference_update(layer.bottoms)
+        available.update(layer.tops)
+        order.extend(t for t in layer.tops if t not in order)
+    return [b for b in order if b in available]

@@ -24,16 +24,14 @@ on first use; without it every request is a one-line :class:`OpenCVUnavailable` 
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 import time as _time
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from caffe_tucker.caffe.pycaffe import CaffeRuntimeError, CaffeRuntimeUnavailable, _net_sources
-from caffe_tucker.graph import Layer, Net
+from caffe_tucker.graph import Net, net_outputs
 
 __all__ = ["OpenCVRuntime", "OpenCVUnavailable", "import_cv2", "opencv_available",
            "INSTALL_HINT"]
@@ -69,38 +67,18 @@ def opencv_available() -> str | None:
 
 
 def _structure(prototxt) -> Net:
-    """The layers (names, types, tops, Input shapes) of what ``forward`` accepts, no weights."""
+    """The net ``forward`` is given (text, a path or a Net), read as every command reads one."""
     if isinstance(prototxt, Net):
         return prototxt
-    from caffe_tucker.io.caffe_pb2 import LayerParameter, NetParameter
-    from caffe_tucker.io.read import parse_net_text
-    from caffe_tucker.io.upgrade import upgrade_net
+    from caffe_tucker.io.read import NetText, read_prototxt
 
-    if isinstance(prototxt, os.PathLike):
-        prototxt = Path(prototxt).read_text()
-    elif isinstance(prototxt, (bytes, bytearray)):
-        prototxt = bytes(prototxt).decode("utf-8")
-    raw, _ = parse_net_text(prototxt, "<prototxt>")
-    upgraded, applied = upgrade_net(raw, "<prototxt>")
-    layers = []
-    for spec in upgraded.layer:
-        own = LayerParameter()
-        own.CopyFrom(spec)
-        own.ClearField("blobs")
-        layers.append(Layer(spec=own))
-    header = NetParameter()
-    header.CopyFrom(upgraded)
-    header.ClearField("layer")
-    return Net(layers=tuple(layers), header=header, source="<prototxt>", upgrades=applied)
+    if isinstance(prototxt, str):
+        prototxt = prototxt.encode("utf-8")
+    if isinstance(prototxt, (bytes, bytearray)):
+        prototxt = NetText(bytes(prototxt), "<prototxt>")
+    return read_prototxt(prototxt)
 
 
-def _net_outputs(net: Net) -> list[str]:
-    """Blobs produced and never consumed, in name order (as Caffe lists them)."""
-    consumed, produced = set(), []
-    for layer in net.layers:
-        consumed.update(b for b in layer.bottoms if b not in layer.tops)
-        produced.extend(t for t in layer.tops if t not in produced)
-    return sorted(b for b in produced if b not in consumed)
 
 
 class OpenCVRuntime:
@@ -244,7 +222,7 @@ class OpenCVRuntime:
         net, structure = self._load(prototxt, caffemodel, fused=False)
         arrays = {str(k): np.ascontiguousarray(v, dtype=np.float32)
                   for k, v in (inputs or {}).items()}
-        names = _net_outputs(structure) if blobs is None else [str(b) for b in blobs]
+        names = sorted(net_outputs(structure)) if blobs is None else [str(b) for b in blobs]
         writers = self._writers(structure)
         unknown = [b for b in names if b not in writers]
         if unknown:

@@ -41,7 +41,7 @@ from caffe_tucker.analysis.validate import check_allocation
 from caffe_tucker.compress.methods import get_method
 from caffe_tucker.compress.record import CompressionRecord, read_record, record_from_nets
 from caffe_tucker.errors import CaffeTuckerError, InputFileError
-from caffe_tucker.graph import Net
+from caffe_tucker.graph import Net, net_outputs
 from caffe_tucker.model import Model, load_model
 from caffe_tucker.zoo import zoo_model
 
@@ -527,10 +527,3 @@ def _runnable_pair(pair: NetPair, runtime):
     return o.net, c.net, list(o.outputs), part
 
 
-def net_outputs(net: Net) -> list[str]:
-    """Blobs produced and never consumed (Caffe's net outputs)."""
-    consumed, produced = set(), []
-    for layer in net.layers:
-        consumed.update(b for b in layer.bottoms if b not in layer.tops)
-        produced.extend(t for t in layer.tops if t not in produced)
-    return [b for b in produced if b not in consumed]

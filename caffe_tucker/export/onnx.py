@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from caffe_tucker.errors import CaffeTuckerError, UnsupportedLayerError, where
+from caffe_tucker.graph import net_outputs
 
 __all__ = ["to_onnx", "build_model", "check", "SUPPORTED_TYPES", "DEFAULT_OPSET", "MIN_OPSET",
            "import_onnx", "caffe_pool_size"]
@@ -487,18 +488,6 @@ _HANDLERS = {
 SUPPORTED_TYPES = frozenset(_HANDLERS)
 
 
-def _net_outputs(net) -> list[str]:
-    """Caffe's net outputs: blobs some layer produces that no later layer consumes, in order."""
-    available: dict[str, None] = {}
-    for layer in net.layers:
-        for b in layer.bottoms:
-            available.pop(b, None)
-        for t in layer.tops:
-            available.pop(t, None)
-            available[t] = None
-    return list(available)
-
-
 def _final_writes(net, names: Sequence[str], inputs: Sequence[str]) -> dict:
     """``{(layer index, blob): blob}`` for the last write of every blob to be output under its
     Caffe name (an input blob keeps its name for the graph input)."""
@@ -551,7 +540,7 @@ def build_model(model, opset: int = DEFAULT_OPSET, outputs: Sequence[str] | None
         raise CaffeTuckerError(f"{net.source}: the net has no inputs (no Input layer); hint: "
                                "export a deploy net, or give a train_val's data shape with "
                                "--input-shape")
-    wanted = list(outputs) if outputs is not None else _net_outputs(net)
+    wanted = list(outputs) if outputs is not None else net_outputs(net)
     g = _Graph(onnx, model, _final_writes(net, wanted, input_names))
     inputs = []
     for name in input_names:
